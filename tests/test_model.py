@@ -1,0 +1,158 @@
+"""The LLaMA forward pass against a naive float64 reference, and every checkpoint layout against each other."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import model as llama
+from conftest import TINY, hf_permute, random_state, write_gguf, write_hf, write_meta
+
+
+def reference_forward(state: dict, args: llama.ModelArgs, tokens: list[int]) -> np.ndarray:
+    """LLaMA written out with explicit loops in float64 numpy: one sequence, no batching, no complex numbers."""
+    W = {k: v.double().numpy() for k, v in state.items()}
+    hd, T = args.dim // args.n_heads, len(tokens)
+    group = args.n_heads // args.n_kv_heads
+
+    def rmsnorm(x, w):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + args.norm_eps) * w
+
+    def rope(x):  # x: (T, heads, hd); rotate each pair (x[2k], x[2k+1]) by t * theta^(-2k/hd)
+        out = x.copy()
+        for t in range(T):
+            for k in range(hd // 2):
+                a = t * args.rope_theta ** (-2 * k / hd)
+                c, s = np.cos(a), np.sin(a)
+                x0, x1 = x[t, :, 2 * k], x[t, :, 2 * k + 1]
+                out[t, :, 2 * k], out[t, :, 2 * k + 1] = x0 * c - x1 * s, x0 * s + x1 * c
+        return out
+
+    h = W["tok_embeddings.weight"][tokens]
+    for i in range(args.n_layers):
+        p = f"layers.{i}."
+        x = rmsnorm(h, W[p + "attention_norm.weight"])
+        q = rope((x @ W[p + "attention.wq.weight"].T).reshape(T, args.n_heads, hd))
+        k = rope((x @ W[p + "attention.wk.weight"].T).reshape(T, args.n_kv_heads, hd))
+        v = (x @ W[p + "attention.wv.weight"].T).reshape(T, args.n_kv_heads, hd)
+        y = np.zeros((T, args.n_heads, hd))
+        for head in range(args.n_heads):
+            kv = head // group  # the kv head this query head shares
+            for t in range(T):
+                scores = np.array([q[t, head] @ k[u, kv] for u in range(t + 1)]) / np.sqrt(hd)
+                p_att = np.exp(scores - scores.max())
+                p_att /= p_att.sum()
+                y[t, head] = p_att @ v[: t + 1, kv]
+        h = h + y.reshape(T, -1) @ W[p + "attention.wo.weight"].T
+        x = rmsnorm(h, W[p + "ffn_norm.weight"])
+        gate = x @ W[p + "feed_forward.w1.weight"].T
+        h = h + ((gate / (1 + np.exp(-gate))) * (x @ W[p + "feed_forward.w3.weight"].T)) @ W[
+            p + "feed_forward.w2.weight"].T
+    return rmsnorm(h, W["norm.weight"]) @ W["output.weight"].T
+
+
+def build(state, args):
+    return llama.build_model(args, {k: (lambda v=v: v) for k, v in state.items()}, "test")
+
+
+TOKENS = [3, 17, 42, 5, 63, 0, 8, 8, 29, 11]
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])  # multi-head, grouped-query, multi-query
+def test_forward_matches_float64_reference(n_kv_heads):
+    args = llama.ModelArgs(**{**TINY, "n_kv_heads": n_kv_heads})
+    state = random_state(args, seed=n_kv_heads)
+    logits = build(state, args)(torch.tensor([TOKENS]))
+    ref = reference_forward(state, args, TOKENS)
+    assert logits.shape == (1, len(TOKENS), args.vocab_size)
+    err = np.abs(logits[0].double().numpy() - ref).max() / np.abs(ref).max()
+    assert err < 1e-5
+
+
+def test_batch_rows_are_independent(tiny_args, tiny_state):
+    m = build(tiny_state, tiny_args)
+    batch = torch.tensor([TOKENS, TOKENS[::-1]])
+    both = m(batch)
+    assert torch.allclose(both[1], m(batch[1:])[0], atol=1e-5)
+    # causality: the logits at position t do not depend on tokens after t
+    changed = batch.clone()
+    changed[0, 6:] = 1
+    assert torch.allclose(m(changed)[0, :6], both[0, :6], atol=1e-5)
+
+
+def logits_of(path, tokens=TOKENS):
+    return llama.load_checkpoint(path)(torch.tensor([tokens]))
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_meta_layout(tmp_path, tiny_args, tiny_state, shards):
+    write_meta(tmp_path / "m", tiny_state, tiny_args, shards=shards)
+    m = llama.load_checkpoint(tmp_path / "m")
+    assert m.args == dataclasses.replace(tiny_args, max_seq_len=4096)  # params.json does not say; LLaMA-2's
+    expected = build(tiny_state, tiny_args)(torch.tensor([TOKENS]))
+    assert torch.allclose(logits_of(tmp_path / "m"), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_hf_layout_undoes_the_qk_permutation(tmp_path, tiny_args, tiny_state, shards):
+    write_hf(tmp_path / "hf", tiny_state, tiny_args, shards=shards)
+    write_meta(tmp_path / "meta", tiny_state, tiny_args, shards=2)
+    hf, meta = logits_of(tmp_path / "hf"), logits_of(tmp_path / "meta")
+    assert torch.allclose(hf, meta, atol=1e-5)
+    # the loaded q/k rows are Meta's own, not the permuted rows the file stores
+    m = llama.load_checkpoint(tmp_path / "hf")
+    for name, heads in (("wq", tiny_args.n_heads), ("wk", tiny_args.n_kv_heads)):
+        meta_rows = tiny_state[f"layers.0.attention.{name}.weight"]
+        assert not torch.equal(hf_permute(meta_rows, heads), meta_rows)
+        assert torch.equal(getattr(m.layers[0].attention, name).weight, meta_rows)
+
+
+def test_hf_tied_embeddings(tmp_path, tiny_state):
+    args = llama.ModelArgs(**{**TINY, "tie_embeddings": True})
+    state = random_state(args)
+    write_hf(tmp_path / "hf", state, args)
+    m = llama.load_checkpoint(tmp_path / "hf")
+    assert m.output.weight is m.tok_embeddings.weight
+    ref = reference_forward(state, args, TOKENS)
+    assert np.abs(m(torch.tensor([TOKENS]))[0].double().numpy() - ref).max() < 1e-5 * np.abs(ref).max()
+
+
+def test_gguf_dequantizes_to_hand_computed_values(tmp_path, tiny_args):
+    expected = write_gguf(tmp_path / "tiny.gguf", tiny_args)
+    m = llama.load_checkpoint(tmp_path / "tiny.gguf")
+    assert m.args == dataclasses.replace(tiny_args, tie_embeddings=True)
+    state = m.state_dict()
+    for name, values in expected.items():
+        np.testing.assert_array_equal(state[name].numpy(), values, err_msg=name)
+    assert m.output.weight is m.tok_embeddings.weight
+
+
+def test_dtype_and_bare_name(tmp_path, tiny_args, tiny_state, monkeypatch):
+    write_meta(tmp_path / "models" / "tiny-llama", tiny_state, tiny_args)
+    monkeypatch.setenv("SQUEEZE10_MODELS", str(tmp_path / "models"))
+    m = llama.load_checkpoint("tiny-llama", dtype=torch.bfloat16)
+    assert m.tok_embeddings.weight.dtype == torch.bfloat16
+    assert m(torch.tensor([TOKENS])).dtype == torch.float32
+
+
+def test_meta_hidden_dim():
+    assert llama.meta_hidden_dim(4096, 256) == 11008                    # LLaMA-2-7B
+    assert llama.meta_hidden_dim(5120, 256) == 13824                    # LLaMA-2-13B
+    assert llama.meta_hidden_dim(8192, 4096, ffn_dim_multiplier=1.3) == 28672  # LLaMA-2-70B
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return llama.load_checkpoint()
+
+
+def test_embedded_default_loads_and_completes(embedded):
+    import data
+    assert embedded.args.n_layers == 30 and embedded.args.n_kv_heads == 3 and embedded.args.tie_embeddings
+    assert llama.num_params(embedded) == 134_515_008
+    tok = data.load_tokenizer(data.embedded_model_path())
+    x = torch.tensor([tok.encode("The capital of France is", bos=False)])
+    with torch.inference_mode():
+        for _ in range(2):
+            x = torch.cat([x, embedded(x)[:, -1:].argmax(-1)], dim=1)
+    assert tok.decode(x[0].tolist()) == "The capital of France is Paris."
