@@ -171,7 +171,7 @@ def resolve_checkpoint(path) -> Path:
     p = Path(path)
     if p.exists():
         return p
-    if os.sep in str(path) or "/" in str(path) or p.suffix:
+    if "/" in str(path) or os.sep in str(path):
         raise CheckpointError(f"{p}: no such file or directory")
     looked = [models_dir() / path, models_dir() / f"{path}.gguf"]
     for candidate in looked:
