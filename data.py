@@ -171,9 +171,9 @@ class ByteBPETokenizer(Tokenizer):
     """Byte-level BPE (GPT-2 style) from a vocabulary list and a merge list, as a GGUF file stores them.
 
     Encoding: pre-tokenize (for `smollm`: every digit on its own, then GPT-2's pattern on the rest), write
-    each piece's UTF-8 bytes as vocabulary characters, then apply merges lowest rank first. Every byte has a
-    token in a complete byte-level vocabulary, so any Unicode text round-trips. Special tokens (`<|im_start|>` ...) are not parsed out of the
-    text: evaluation text is plain text.
+    each piece's UTF-8 bytes as vocabulary characters, then apply merges lowest rank first. In a complete
+    byte-level vocabulary every byte has a token, so any Unicode text round-trips. Special tokens
+    (`<|im_start|>` ...) are not parsed out of the text: evaluation text is plain text.
     """
     PRE_TOKENIZERS = ("smollm", "gpt2")
 
@@ -308,7 +308,7 @@ def c4_documents(path, split: str) -> list[str]:
         path = shards[0]
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    docs = []
+    docs, n = [], 0
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             for n, line in enumerate(f, 1):

@@ -35,8 +35,8 @@ def make_windows(ids: list[int], seqlen: int, windows: int | None) -> torch.Tens
                              "use a longer text or a smaller --seqlen")
     if windows is not None:
         if windows > n:
-            raise data.DataError(f"--windows {windows} asks for more than the {n} windows of {seqlen} tokens "
-                                 "the text holds")
+            raise data.DataError(f"{windows} windows requested, but the text holds only {n} windows of {seqlen} "
+                                 "tokens; pass a smaller --windows or --seqlen")
         n = windows
     return torch.tensor(ids[:n * seqlen], dtype=torch.long).view(n, seqlen)
 

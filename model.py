@@ -302,8 +302,13 @@ def _load_hf(path: Path):
              path / "config.json")
     if cfg.get("model_type", "llama") != "llama":
         raise CheckpointError(f"{path / 'config.json'}: model_type {cfg['model_type']!r} is not a LLaMA")
-    if cfg.get("rope_scaling"):
-        raise CheckpointError(f"{path / 'config.json'}: rope_scaling {cfg['rope_scaling']} is not implemented")
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    for key, supported in (("rope_scaling", not cfg.get("rope_scaling")),
+                           ("attention_bias", not cfg.get("attention_bias")), ("mlp_bias", not cfg.get("mlp_bias")),
+                           ("hidden_act", cfg.get("hidden_act", "silu") == "silu"),
+                           ("head_dim", cfg.get("head_dim", head_dim) == head_dim)):
+        if not supported:
+            raise CheckpointError(f"{path / 'config.json'}: {key} = {cfg[key]!r} is not implemented")
     index = path / "model.safetensors.index.json"
     if index.is_file():
         files = sorted({path / f for f in _read_json(index).get("weight_map", {}).values()})
@@ -311,7 +316,8 @@ def _load_hf(path: Path):
         files = [path / "model.safetensors"] if (path / "model.safetensors").is_file() else \
             sorted(path.glob("model-*.safetensors"))
     if not files:
-        raise CheckpointError(f"{path}: config.json but no model.safetensors / model-*.safetensors weights")
+        hint = "; pytorch_model*.bin is not read: convert it to safetensors" if any(path.glob("*.bin")) else ""
+        raise CheckpointError(f"{path}: config.json but no model.safetensors / model-*.safetensors weights{hint}")
     args = ModelArgs(
         dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=cfg["num_attention_heads"],
         n_kv_heads=cfg.get("num_key_value_heads"), vocab_size=cfg["vocab_size"],
@@ -403,6 +409,10 @@ def _load_gguf(path: Path):
 # Building the model
 
 def _validate(args: ModelArgs, where: Path):
+    for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim"):
+        value = getattr(args, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise CheckpointError(f"{where}: {key} = {value!r} in the config is not a positive integer")
     if args.dim % args.n_heads or args.n_heads % args.n_kv_heads or (args.dim // args.n_heads) % 2:
         raise CheckpointError(f"{where}: dim {args.dim}, {args.n_heads} heads and {args.n_kv_heads} kv heads "
                               "do not divide evenly")

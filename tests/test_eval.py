@@ -52,7 +52,7 @@ def test_make_windows():
     w = ev.make_windows(list(range(25)), seqlen=8, windows=None)
     assert w.tolist() == [list(range(0, 8)), list(range(8, 16)), list(range(16, 24))]
     assert ev.make_windows(list(range(25)), seqlen=8, windows=2).shape == (2, 8)
-    with pytest.raises(data.DataError, match="more than the 3 windows"):
+    with pytest.raises(data.DataError, match="4 windows requested, but the text holds only 3 windows of 8"):
         ev.make_windows(list(range(25)), seqlen=8, windows=4)
     with pytest.raises(data.DataError, match="text has 7 tokens, fewer than one window of 8"):
         ev.make_windows(list(range(7)), seqlen=8, windows=None)
@@ -104,6 +104,22 @@ def test_eval_gguf_with_its_own_tokenizer(capsys, tmp_path, tiny_args):
                           "--seqlen", 16, "--windows", 2, "--json")
     report = json.loads(out.strip().splitlines()[-1])
     assert rc == 0 and report["tokens"] == 2 * 15 and np.isfinite(report["ppl"])
+
+
+def test_eval_wikitext2_and_c4_files(capsys, tmp_path):
+    import gzip
+    write_gguf(tmp_path / "t.gguf", llama.ModelArgs(**{**TINY, "vocab_size": 261}))
+    (tmp_path / "wiki.test.raw").write_text(" \n = Title = \n \n hello world .\n" * 30)
+    rc, out, _ = run_main(capsys, "--ckpt", tmp_path / "t.gguf", "--data", "wikitext2", tmp_path / "wiki.test.raw",
+                          "--seqlen", 16, "--json")
+    report = json.loads(out.strip().splitlines()[-1])
+    n = len(data.load_tokenizer(tmp_path / "t.gguf").encode(data.wikitext2_text(tmp_path), bos=False)) // 16
+    assert rc == 0 and report["windows"] == n  # wikitext2: every window by default
+    with gzip.open(tmp_path / "c4-validation.00000-of-00008.json.gz", "wt") as f:
+        f.writelines(json.dumps({"text": f"hello world {i}"}) + "\n" for i in range(200))
+    rc, out, _ = run_main(capsys, "--ckpt", tmp_path / "t.gguf", "--data", "c4", tmp_path, "--seqlen", 8, "--json")
+    report = json.loads(out.strip().splitlines()[-1])
+    assert rc == 0 and report["windows"] == 256  # c4: GPTQ's 256 windows
 
 
 def test_eval_embedded_default_short_run(capsys):
@@ -231,10 +247,30 @@ def case_tokenizer_larger_than_model(tmp):
     return ["--ckpt", tmp / "t.gguf", "--text", tmp / "t.txt"], "but the model's vocabulary has 64"
 
 
-BAD_INPUTS = [case_tokenizer_larger_than_model, case_missing_path, case_unknown_name, case_empty_dir, case_unknown_dir, case_params_without_weights,
-              case_bad_params_json, case_truncated_pth, case_truncated_safetensors, case_missing_shard,
-              case_truncated_gguf, case_shape_disagrees, case_missing_tensor, case_unsupported_gguf_type,
-              case_missing_tokenizer, case_text_too_short, case_bad_data_spec, case_missing_wikitext]
+def case_hf_rope_scaling(tmp):
+    args = llama.ModelArgs(**TINY)
+    write_hf(tmp / "hf", random_state(args), args)
+    config = json.loads((tmp / "hf" / "config.json").read_text())
+    (tmp / "hf" / "config.json").write_text(json.dumps({**config, "rope_scaling": {"type": "linear", "factor": 2}}))
+    return ["--ckpt", tmp / "hf"], "config.json: rope_scaling = {'type': 'linear', 'factor': 2} is not implemented"
+
+
+def case_hf_bin_weights(tmp):
+    args = llama.ModelArgs(**TINY)
+    write_hf(tmp / "hf", random_state(args), args)
+    (tmp / "hf" / "model.safetensors").rename(tmp / "hf" / "pytorch_model.bin")
+    return ["--ckpt", tmp / "hf"], "pytorch_model*.bin is not read: convert it to safetensors"
+
+
+def case_config_not_an_integer(tmp):
+    args = llama.ModelArgs(**TINY)
+    write_meta(tmp / "m", random_state(args), args)
+    params = json.loads((tmp / "m" / "params.json").read_text())
+    (tmp / "m" / "params.json").write_text(json.dumps({**params, "n_heads": "four"}))
+    return ["--ckpt", tmp / "m"], "n_heads = 'four' in the config is not a positive integer"
+
+
+BAD_INPUTS = [case for name, case in sorted(globals().items()) if name.startswith("case_")]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda c: c.__name__[5:])
