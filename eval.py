@@ -88,17 +88,18 @@ def peak_rss_mb() -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=None, help="checkpoint: directory, .gguf, or name under $SQUEEZE10_MODELS "
                                                 "(default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.model or .gguf (default: the checkpoint's own)")
-    p.add_argument("--data", nargs="+", default=["embedded"], metavar="NAME",
-                   help="embedded (default) | wikitext2 PATH/wiki.test.raw | c4 DIR_OR_VALIDATION_SHARD")
+    p.add_argument("--data", nargs="+", default=["embedded"], metavar="SOURCE",
+                   help="embedded (default) | wikitext2 PATH (wiki.test.raw or its directory) | "
+                        "c4 PATH (c4-validation.00000-of-00008.json.gz or its directory)")
     p.add_argument("--text", default=None, help="evaluate on this UTF-8 text file instead")
-    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--seqlen", type=int, default=2048, help="tokens per window (default 2048)")
     p.add_argument("--windows", type=int, default=None,
                    help="evaluate the first N windows (default: 16 embedded, 256 c4, else all)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="weights and activations (7B on CPU: bfloat16)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with the results")
     args = p.parse_args(argv)
