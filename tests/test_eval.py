@@ -203,6 +203,15 @@ def case_shape_disagrees(tmp):
     return ["--ckpt", tmp / "m"], "layers.0.attention.wk.weight has shape (16, 32), the config implies (32, 32)"
 
 
+def case_shards_disagree(tmp):
+    args = llama.ModelArgs(**TINY)
+    write_meta(tmp / "m", random_state(args), args, shards=2)
+    part = torch.load(tmp / "m" / "consolidated.01.pth")
+    del part["layers.0.attention.wq.weight"]
+    torch.save(part, tmp / "m" / "consolidated.01.pth")
+    return ["--ckpt", tmp / "m"], "consolidated.01.pth: does not hold the same tensors as consolidated.00.pth"
+
+
 def case_missing_tensor(tmp):
     args = llama.ModelArgs(**TINY)
     state = random_state(args)
