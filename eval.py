@@ -27,16 +27,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DEFAULT_WINDOWS = {"embedded": 16, "c4": 256}  # wikitext2 and --text: every window
 
 
-def make_windows(ids: list[int], seqlen: int, windows: int | None) -> torch.Tensor:
+def make_windows(ids: list[int], seqlen: int, windows: int | None, source: str = "text") -> torch.Tensor:
     """The first `windows` (default all) non-overlapping windows of `seqlen` tokens: LongTensor [n, seqlen]."""
     n = len(ids) // seqlen
     if n == 0:
-        raise data.DataError(f"text has {len(ids)} tokens, fewer than one window of {seqlen}; "
+        raise data.DataError(f"{source}: {len(ids)} tokens, fewer than one window of {seqlen}; "
                              "use a longer text or a smaller --seqlen")
     if windows is not None:
         if windows > n:
-            raise data.DataError(f"{windows} windows requested, but the text holds only {n} windows of {seqlen} "
-                                 "tokens; pass a smaller --windows or --seqlen")
+            raise data.DataError(f"{source}: {windows} windows requested, but the text holds only {n} windows of "
+                                 f"{seqlen} tokens; pass a smaller --windows or --seqlen")
         n = windows
     return torch.tensor(ids[:n * seqlen], dtype=torch.long).view(n, seqlen)
 
@@ -73,13 +73,13 @@ class Progress:
 def eval_text(args) -> tuple[str, str]:
     """(text, name) to evaluate on, from --text / --data."""
     if args.text:
-        return data.read_text_file(args.text), f"text:{args.text}"
+        return data.read_text_file(args.text), args.text
     kind, *rest = args.data
     if kind == "embedded" and not rest:
         return data.embedded_text("wiki"), "embedded wiki.utf8"
     if kind in ("wikitext2", "c4") and len(rest) == 1:
         read = data.wikitext2_text if kind == "wikitext2" else data.c4_eval_text
-        return read(rest[0]), f"{kind}:{rest[0]}"
+        return read(rest[0]), f"{kind} {rest[0]}"
     raise data.DataError(f"--data {' '.join(args.data)}: expected 'embedded', 'wikitext2 PATH' or 'c4 PATH'")
 
 
@@ -122,7 +122,7 @@ def main(argv=None):
             raise data.DataError(f"{args.tokenizer or ckpt}: the tokenizer produces id {max(ids)}, but the model's "
                                  f"vocabulary has {model.args.vocab_size} tokens")
         windows = args.windows or (None if args.text else DEFAULT_WINDOWS.get(args.data[0]))
-        batches = make_windows(ids, args.seqlen, windows)
+        batches = make_windows(ids, args.seqlen, windows, source=text_name)
     except (llama.CheckpointError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -237,6 +237,16 @@ def meta_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier=None) -> int:
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
+def _torch_load(file: Path) -> dict:
+    """Memory-mapped (zip format, torch >= 1.6); files in the legacy format are read into memory instead."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap can only be used" not in str(e) or file.stat().st_size == 0:
+            raise
+        return torch.load(file, map_location="cpu", weights_only=True)
+
+
 def _load_meta(path: Path):
     params = _read_json(path / "params.json")
     _require(params, ["dim", "n_layers", "n_heads"], path / "params.json")
@@ -246,7 +256,7 @@ def _load_meta(path: Path):
     states = []
     for shard in shards:
         try:
-            states.append(torch.load(shard, map_location="cpu", weights_only=True, mmap=True))
+            states.append(_torch_load(shard))
         except Exception as e:
             raise CheckpointError(f"{shard}: unreadable or truncated ({_first_line(e)})") from None
         if not isinstance(states[-1], dict) or states[-1].keys() != states[0].keys():

@@ -52,9 +52,9 @@ def test_make_windows():
     w = ev.make_windows(list(range(25)), seqlen=8, windows=None)
     assert w.tolist() == [list(range(0, 8)), list(range(8, 16)), list(range(16, 24))]
     assert ev.make_windows(list(range(25)), seqlen=8, windows=2).shape == (2, 8)
-    with pytest.raises(data.DataError, match="4 windows requested, but the text holds only 3 windows of 8"):
+    with pytest.raises(data.DataError, match="text: 4 windows requested, but the text holds only 3 windows of 8"):
         ev.make_windows(list(range(25)), seqlen=8, windows=4)
-    with pytest.raises(data.DataError, match="text has 7 tokens, fewer than one window of 8"):
+    with pytest.raises(data.DataError, match="text: 7 tokens, fewer than one window of 8"):
         ev.make_windows(list(range(7)), seqlen=8, windows=None)
 
 
@@ -237,7 +237,7 @@ def case_missing_tokenizer(tmp):
 def case_text_too_short(tmp):
     write_gguf(tmp / "t.gguf", llama.ModelArgs(**{**TINY, "vocab_size": 261}))
     (tmp / "short.txt").write_text("hello world")
-    return ["--ckpt", tmp / "t.gguf", "--text", tmp / "short.txt"], "fewer than one window of 2048"
+    return ["--ckpt", tmp / "t.gguf", "--text", tmp / "short.txt"], "short.txt: 6 tokens, fewer than one window of 2048"
 
 
 def case_bad_data_spec(tmp):
