@@ -217,9 +217,13 @@ def _read_json(path: Path) -> dict:
 
 
 def _require(cfg: dict, keys, path: Path):
+    """The config's size fields: present, and positive integers (checked before any arithmetic on them)."""
     missing = [k for k in keys if k not in cfg]
     if missing:
         raise CheckpointError(f"{path}: missing {', '.join(missing)}")
+    for key in keys:
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] <= 0:
+            raise CheckpointError(f"{path}: {key} = {cfg[key]!r} in the config is not a positive integer")
 
 
 # -----------------------------------------------------------------------------
@@ -242,14 +246,15 @@ def _torch_load(file: Path) -> dict:
     try:
         return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as e:
-        if "mmap can only be used" not in str(e) or file.stat().st_size == 0:
+        if "mmap can only be used" not in str(e):
             raise
         return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def _load_meta(path: Path):
     params = _read_json(path / "params.json")
-    _require(params, ["dim", "n_layers", "n_heads"], path / "params.json")
+    params.setdefault("multiple_of", 256)
+    _require(params, ["dim", "n_layers", "n_heads", "multiple_of"], path / "params.json")
     shards = sorted(path.glob("consolidated.*.pth"))
     if not shards:
         raise CheckpointError(f"{path}: params.json but no consolidated.*.pth weights")
@@ -279,7 +284,7 @@ def _load_meta(path: Path):
         dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"],
         n_kv_heads=params.get("n_kv_heads"),
         vocab_size=vocab if vocab > 0 else states[0]["tok_embeddings.weight"].shape[0],
-        hidden_dim=meta_hidden_dim(params["dim"], params.get("multiple_of", 256), params.get("ffn_dim_multiplier")),
+        hidden_dim=meta_hidden_dim(params["dim"], params["multiple_of"], params.get("ffn_dim_multiplier")),
         norm_eps=params.get("norm_eps", 1e-5), rope_theta=params.get("rope_theta", 10000.0),
         max_seq_len=params.get("max_seq_len", 4096))
     return args, tensors, shards[0]
@@ -327,7 +332,7 @@ def _load_hf(path: Path):
              path / "config.json")
     if cfg.get("model_type", "llama") != "llama":
         raise CheckpointError(f"{path / 'config.json'}: model_type {cfg['model_type']!r} is not a LLaMA")
-    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]  # _require made both positive integers
     for key, supported in (("rope_scaling", not cfg.get("rope_scaling")),
                            ("attention_bias", not cfg.get("attention_bias")), ("mlp_bias", not cfg.get("mlp_bias")),
                            ("hidden_act", cfg.get("hidden_act", "silu") == "silu"),

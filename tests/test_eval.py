@@ -212,6 +212,21 @@ def case_shards_disagree(tmp):
     return ["--ckpt", tmp / "m"], "consolidated.01.pth: does not hold the same tensors as consolidated.00.pth"
 
 
+def case_hf_zero_heads(tmp):
+    args = llama.ModelArgs(**TINY)
+    write_hf(tmp / "hf", random_state(args), args)
+    config = json.loads((tmp / "hf" / "config.json").read_text())
+    (tmp / "hf" / "config.json").write_text(json.dumps({**config, "num_attention_heads": 0}))
+    return ["--ckpt", tmp / "hf"], "config.json: num_attention_heads = 0 in the config is not a positive integer"
+
+
+def case_empty_pth(tmp):
+    args = llama.ModelArgs(**TINY)
+    write_meta(tmp / "m", random_state(args), args)
+    (tmp / "m" / "consolidated.00.pth").write_bytes(b"")
+    return ["--ckpt", tmp / "m"], "consolidated.00.pth: unreadable or truncated"
+
+
 def case_missing_tensor(tmp):
     args = llama.ModelArgs(**TINY)
     state = random_state(args)
