@@ -115,7 +115,7 @@ def main(argv=None):
         ckpt = llama.resolve_checkpoint(args.ckpt)
         model = llama.load_checkpoint(ckpt, device=args.device, dtype=DTYPES[args.dtype])
         load_seconds = time.time() - t0
-        tokenizer = data.load_tokenizer(args.tokenizer or ckpt)
+        tokenizer = data.load_tokenizer(args.tokenizer or llama.tokenizer_source(ckpt))
         text, text_name = eval_text(args)
         ids = tokenizer.encode(text, bos=tokenizer.add_bos)
         if ids and max(ids) >= model.args.vocab_size:

@@ -25,8 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
 
 import data  # only to locate the embedded default
+import kernels
 
 
 class CheckpointError(ValueError):
@@ -98,6 +100,10 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
 
     def forward(self, x, freqs_cis):
+        return self.wo(self.mix(x, freqs_cis))
+
+    def mix(self, x, freqs_cis):
+        """Everything before the output projection: the input of `wo`, (B, T, n_heads * head_dim)."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
@@ -106,7 +112,7 @@ class Attention(nn.Module):
         k, v = (repeat_kv(t, self.n_heads // self.n_kv_heads) for t in (k, v))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+        return y.transpose(1, 2).reshape(B, T, -1)
 
 
 class FeedForward(nn.Module):
@@ -117,7 +123,11 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(self.hidden(x))
+
+    def hidden(self, x):
+        """SwiGLU's inner activation, the input of `w2`: (B, T, hidden_dim)."""
+        return F.silu(self.w1(x)) * self.w3(x)
 
 
 class TransformerBlock(nn.Module):
@@ -186,6 +196,8 @@ def checkpoint_format(path: Path) -> str:
     if path.is_file():
         if path.suffix == ".gguf" or _magic(path) == b"GGUF":
             return "gguf"
+        if path.suffix == ".safetensors" and _packed_info(path) is not None:
+            return "squeeze10"
         if path.suffix in (".pth", ".safetensors", ".json"):
             return checkpoint_format(path.parent)
         raise CheckpointError(f"{path}: not a checkpoint (expected a directory, a .gguf file, or a .pth/.safetensors "
@@ -326,7 +338,6 @@ def _hf_tensor(handle, name: str, n_heads: int | None, file: Path) -> torch.Tens
 
 
 def _load_hf(path: Path):
-    from safetensors import safe_open
     cfg = _read_json(path / "config.json")
     _require(cfg, ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"],
              path / "config.json")
@@ -437,6 +448,62 @@ def _load_gguf(path: Path):
 # -----------------------------------------------------------------------------
 # Building the model
 
+def _packed_info(path: Path) -> dict | None:
+    """The "squeeze10" metadata of a safetensors file (None if it has none: e.g. a HF shard)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for malformed files
+        raise CheckpointError(f"{path}: unreadable safetensors file ({_first_line(e)})") from None
+    if kernels.FORMAT not in meta:
+        return None
+    try:
+        info = json.loads(meta[kernels.FORMAT])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: corrupt squeeze10 metadata ({e})") from None
+    if info.get("format") != kernels.FORMAT or info.get("version") != kernels.VERSION:
+        raise CheckpointError(f"{path}: packed format {info.get('format')!r} version {info.get('version')!r}; "
+                              f"this code reads {kernels.FORMAT!r} version {kernels.VERSION}")
+    return info
+
+
+def _load_packed(path: Path):
+    """A squeeze10 packed file: block linears are dequantized (kernels.dequantize), the rest is fp16."""
+    info = _packed_info(path)
+    try:
+        args = ModelArgs(**info["config"])
+        specs = info["linears"]
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: incomplete squeeze10 metadata ({_first_line(e)})") from None
+    handle = safe_open(str(path), "pt")
+    names = set(handle.keys())
+    tensors = {n: (lambda n=n: handle.get_tensor(n)) for n in names if n.removesuffix(".weight") not in specs
+               and n.endswith(".weight")}
+
+    def dense(prefix):
+        parts = {n[len(prefix) + 1:]: handle.get_tensor(n) for n in names if n.startswith(prefix + ".")}
+        try:
+            return kernels.dequantize(parts, specs[prefix])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: {prefix}: {_first_line(e)}") from None
+    for prefix in specs:
+        tensors[prefix + ".weight"] = lambda prefix=prefix: dense(prefix)
+    if args.tie_embeddings and "tok_embeddings.weight" in tensors:
+        tensors["output.weight"] = tensors["tok_embeddings.weight"]
+    return args, tensors, path
+
+
+def tokenizer_source(path) -> Path:
+    """Where a checkpoint's tokenizer lives: the checkpoint itself, or, for a packed file, what it records."""
+    path = resolve_checkpoint(path)
+    if checkpoint_format(path) != "squeeze10":
+        return path
+    ref = _packed_info(path).get("tokenizer")
+    if ref is None:
+        raise CheckpointError(f"{path}: records no tokenizer (a --synthetic model); pass --tokenizer")
+    return resolve_checkpoint(None) if ref == "embedded" else Path(ref)
+
+
 def _validate(args: ModelArgs, where: Path):
     for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim"):
         value = getattr(args, key)
@@ -479,8 +546,8 @@ def load_checkpoint(path=None, device="cpu", dtype=torch.float32) -> Transformer
     """A LLaMA from a Meta or HF directory, a .gguf file, a bare name, or None (the embedded default)."""
     path = resolve_checkpoint(path)
     fmt = checkpoint_format(path)
-    loader = {"meta": _load_meta, "hf": _load_hf, "gguf": _load_gguf}[fmt]
-    args, tensors, where = loader(path if fmt == "gguf" or path.is_dir() else path.parent)
+    loader = {"meta": _load_meta, "hf": _load_hf, "gguf": _load_gguf, "squeeze10": _load_packed}[fmt]
+    args, tensors, where = loader(path if fmt in ("gguf", "squeeze10") or path.is_dir() else path.parent)
     return build_model(args, tensors, where, device, dtype)
 
 

@@ -1,0 +1,378 @@
+"""squeeze10.py: GPTQ, PBAR, the salient mask, binarization, FIAS, packing, the CLI, determinism, bad input.
+
+References are computed here independently: float64 objectives, closed-form least squares, hand-made bytes.
+Groups of 24 columns make the tiny model's 32 inputs a full group and a narrow one (24 + 8), as SmolLM2's 576
+inputs are 4 × 128 + 64.
+"""
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import data
+import eval as ev
+import kernels
+import model as llama
+import squeeze10 as sq
+from conftest import ROOT, TINY, random_state, write_gguf
+
+G = 24
+
+
+def hessian(X):
+    return 2 * X.T @ X / X.shape[0]
+
+
+def damped(H, damp=0.01):
+    return H + damp * H.diag().mean() * torch.eye(H.shape[0])
+
+
+def correlated_inputs(n=512, d=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) @ torch.randn(d, d, generator=g) + 0.5 * torch.randn(d, generator=g)
+
+
+def quantizer_output(W, X, s: sq.Settings):
+    """quantize_linears on one linear with X as both streams (FIAS has nothing to re-fit)."""
+    stats = sq.Stats(s.fias)
+    stats.add(X, X)
+    return sq.quantize_linears([W], stats, s)[0]
+
+
+# -----------------------------------------------------------------------------
+# stage 1: GPTQ
+
+def test_grid_rounding_is_min_max_round_to_nearest():
+    """Without compensation, every row-group is rounded to nearest on GPTQ's [min(w,0), max(w,0)] grid."""
+    W = torch.randn(6, 32, generator=torch.Generator().manual_seed(1))
+    U = torch.eye(32)
+    Q = sq.gptq(W, U, sq.RowGroupQuantizer(W.shape, G, 3), G, compensate=False)
+    for g0 in (0, 24):
+        w = W[:, g0:g0 + G].double()
+        lo, hi = w.amin(1, keepdim=True).clamp(max=0), w.amax(1, keepdim=True).clamp(min=0)
+        scale = ((hi - lo) / 7).half().double()
+        zero = (-lo / scale).round()
+        ref = scale * ((w / scale).round() + zero).clamp(0, 7) - scale * zero
+        assert torch.allclose(Q[:, g0:g0 + G].double(), ref, atol=1e-6)
+
+
+def test_gptq_lowers_the_hessian_weighted_error():
+    X = correlated_inputs()
+    W = torch.randn(16, 32, generator=torch.Generator().manual_seed(2))
+    H = damped(hessian(X))
+    U = sq.inverse_cholesky(H)
+    gptq = sq.gptq(W, U, sq.RowGroupQuantizer(W.shape, G, 3), G)
+    rtn = sq.gptq(W, U, sq.RowGroupQuantizer(W.shape, G, 3), G, compensate=False)
+
+    def err(Q):  # ‖(W − Q)·Xᵀ‖² in float64
+        return ((W - Q).double() @ X.double().T).pow(2).sum().item()
+    assert err(gptq) < 0.7 * err(rtn)
+
+
+def test_an_already_quantized_layer_is_a_fixed_point():
+    """Weights already on a 4-bit grid (zero inside the range, both ends used) come back unchanged, bit for
+    bit, with GPTQ's compensation on: the errors are zero, so nothing moves."""
+    g = torch.Generator().manual_seed(3)
+    out = 8
+    codes = torch.randint(0, 16, (out, 32), generator=g)
+    codes[:, 0], codes[:, 1], codes[:, 24], codes[:, 25] = 0, 15, 0, 15
+    scale = (torch.rand(out, 2, generator=g) * 0.1 + 0.01).half().float()
+    zero = torch.randint(1, 15, (out, 2), generator=g).float()
+    W = torch.cat([scale[:, :1] * (codes[:, :24] - zero[:, :1]), scale[:, 1:] * (codes[:, 24:] - zero[:, 1:])], 1)
+    U = sq.inverse_cholesky(damped(hessian(correlated_inputs())))
+    q = sq.RowGroupQuantizer(W.shape, G, 4)
+    assert torch.equal(sq.gptq(W, U, q, G), W)
+    assert torch.equal(q.codes.long(), codes) and torch.equal(q.scale, scale) and torch.equal(q.zero, zero)
+    # a binary row-group whose + and − weights balance is a fixed point of stage 3 as well
+    Wb = torch.where(torch.arange(32) % 2 == 0, 0.75, 0.25).repeat(out, 1)
+    mask = torch.zeros(out, 32, dtype=torch.bool)
+    assert torch.equal(sq.gptq(Wb, U, sq.RowGroupQuantizer(Wb.shape, G, 4, mask), G), Wb)
+
+
+# -----------------------------------------------------------------------------
+# stage 2: PBAR, and the mask
+
+def test_pbar_on_a_hand_computed_row_group():
+    W = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+    d, r = torch.ones(4), torch.tensor([1.0, 2.0, 1.0, 1.0])
+    # μ = 3, α = mean|w − μ| = 1.5: binarized [1.5, 1.5, 4.5, 4.5], Δ = [0.5, −0.5, 1.5, −1.5]
+    V, B = torch.tensor([1.0, 4.0, 9.0, 36.0]), torch.tensor([0.5, 1.0, 1.5, 1.5])
+    M = sq.pbar_salience(W, d, r, lam=2.0, group_size=4)
+    assert torch.allclose(M[0], V / V.mean() + 2.0 * B / B.mean())
+    assert torch.allclose(sq.pbar_salience(W, d, r, lam=2.0, group_size=4, pbar=False)[0], V)
+
+
+def test_pbar_with_lambda_zero_ranks_as_the_hessian_term():
+    g = torch.Generator().manual_seed(4)
+    W, d, r = torch.randn(12, 32, generator=g), torch.rand(32, generator=g) + 0.1, torch.rand(32, generator=g)
+    m0 = sq.salient_mask(sq.pbar_salience(W, d, r, 0.0, G), 0.2, G)
+    mv = sq.salient_mask(sq.pbar_salience(W, d, r, 0.0, G, pbar=False), 0.2, G)
+    assert torch.equal(m0, mv)
+    assert not torch.equal(m0, sq.salient_mask(sq.pbar_salience(W, d, r, 100.0, G), 0.2, G))
+
+
+def test_mask_keeps_exactly_k_largest_per_row_group():
+    M = torch.rand(10, 32, generator=torch.Generator().manual_seed(5))
+    mask = sq.salient_mask(M, 0.2, G)
+    for g0, width, k in ((0, 24, 5), (24, 8, 2)):  # round(0.2 · 24) = 5, round(0.2 · 8) = 2
+        m, s = M[:, g0:g0 + width], mask[:, g0:g0 + width]
+        assert (s.sum(1) == k).all()
+        assert (torch.where(s, m, torch.inf).amin(1) > torch.where(s, -torch.inf, m).amax(1)).all()
+    assert sq.salient_count(128, 0.2) == 26 and sq.salient_count(64, 0.2) == 13
+
+
+# -----------------------------------------------------------------------------
+# stage 3: binarization and the mixed pass
+
+def test_binarized_weights_take_two_values_per_row_group_and_salient_ones_sit_on_the_grid():
+    X = correlated_inputs()
+    W = torch.randn(16, 32, generator=torch.Generator().manual_seed(6))
+    rec = quantizer_output(W, X, sq.Settings(group_size=G, fias="off"))
+    Wh, mask = rec["weight"], rec["mask"]
+    for gi, (g0, width) in enumerate(((0, 24), (24, 8))):
+        for i in range(16):
+            w, m = Wh[i, g0:g0 + width], mask[i, g0:g0 + width]
+            assert len(torch.unique(w[~m])) == 2
+            assert set(torch.unique(w[~m]).tolist()) == {rec["mu"][i, gi].item() + rec["alpha"][i, gi].item(),
+                                                        rec["mu"][i, gi].item() - rec["alpha"][i, gi].item()}
+            code = w[m] / rec["scale"][i, gi] + rec["zero"][i, gi]
+            assert torch.allclose(code, code.round(), atol=1e-4) and code.min() > -0.5 and code.max() < 15.5
+
+
+# -----------------------------------------------------------------------------
+# FIAS
+
+def test_fias_target_is_exact_where_the_streams_agree():
+    X = correlated_inputs()
+    W = torch.randn(8, 32)
+    H = hessian(X)
+    delta = 0.01 * H.diag().mean()
+    assert torch.allclose(sq.fias_target(W, damped(H), H, delta), W, atol=1e-5, rtol=0)
+
+
+def test_fias_target_solves_the_two_stream_least_squares():
+    """W* = argmin ‖W·X_fpᵀ − Ŵ·X_qᵀ‖² + (δ·n/2)‖W − Ŵ‖², solved here as one stacked least-squares problem."""
+    X_fp = correlated_inputs(seed=7).double()
+    X_q = X_fp + 0.3 * torch.randn(X_fp.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    W = torch.randn(8, 32, dtype=torch.float64)
+    n = X_q.shape[0]
+    H = hessian(X_q)
+    delta = 0.01 * H.diag().mean()
+    A = torch.cat([X_q, (delta * n / 2).sqrt() * torch.eye(32, dtype=torch.float64)])   # (n + in, in)
+    B = torch.cat([X_fp @ W.T, (delta * n / 2).sqrt() * W.T])                              # (n + in, out)
+    ref = torch.linalg.lstsq(A, B).solution.T
+    got = sq.fias_target(W.float(), damped(H).float(), (2 * X_fp.T @ X_q / n).float(), delta.item())
+    assert torch.allclose(got.double(), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("fias", ["target", "input", "off"])
+def test_fias_modes_see_the_documented_activations(monkeypatch, fias):
+    """On a 2-block toy model: block 1's q/k/v statistics come from the streams METHOD.md names, recomputed
+    here from the full-precision block 0 and from block 0 as dequantized from its packed bytes."""
+    args = llama.ModelArgs(**TINY)
+    m = llama.build_model(args, {k: (lambda v=v: v) for k, v in random_state(args).items()}, "toy")
+    tokens = torch.randint(0, args.vocab_size, (4, 16), generator=torch.Generator().manual_seed(9))
+    seen, real = [], sq.quantize_linears
+    monkeypatch.setattr(sq, "quantize_linears", lambda w, stats, s: seen.append(stats) or real(w, stats, s))
+    s = sq.Settings(group_size=G, fias=fias)
+    packed, specs, _ = sq.quantize_model(m, tokens, s, log=lambda msg: None)
+    assert len(seen) == 2 * len(sq.STEPS)
+    freqs = llama.precompute_freqs_cis(args.dim // args.n_heads, 16, args.rope_theta)
+    x0 = m.tok_embeddings(tokens)
+    with torch.no_grad():
+        fp_out = m.layers[0](x0, freqs)
+        q_block = llama.TransformerBlock(args)
+        q_block.load_state_dict(m.layers[0].state_dict())
+        for names in sq.STEPS:
+            for name in names:
+                key = f"layers.0.{name}"
+                q_block.get_submodule(name).weight.copy_(kernels.dequantize(packed[key], specs[key]))
+        q_out = q_block(x0, freqs)
+        X_fp = m.layers[1].attention_norm(fp_out).reshape(-1, args.dim)
+        X_q = m.layers[1].attention_norm(q_out).reshape(-1, args.dim)
+    assert not torch.allclose(X_fp, X_q, atol=1e-3)        # the streams really differ after block 0
+    stats = seen[len(sq.STEPS)]                             # block 1, step 0: wq, wk, wv
+    X = X_fp if fias == "input" else X_q
+    assert torch.allclose(stats.hessian(), hessian(X), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(stats.ranges(), X.amax(0) - X.amin(0), atol=1e-5)
+    if fias == "target":
+        assert torch.allclose(stats.cross(), 2 * X_fp.T @ X_q / X.shape[0], rtol=1e-4, atol=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# packing
+
+def test_pack_bits_and_trits_by_hand():
+    assert sq.pack_trits(torch.tensor([[2, 1, 0, 0, 1, 2]])).tolist() == [[2 + 3 + 81, 2]]
+    assert sq.pack_bits(torch.tensor([[1, 0, 3]]), 2).tolist() == [[0b110001]]
+    assert kernels.unpack_trits(torch.tensor([[86, 2]], dtype=torch.uint8), 6).tolist() == [[2, 1, 0, 0, 1, 2]]
+    assert kernels.unpack_bits(torch.tensor([[0b110001]], dtype=torch.uint8), 2, 3).tolist() == [[1, 0, 3]]
+    codes = torch.randint(0, 256, (3, 11), generator=torch.Generator().manual_seed(10))
+    for nbits in (1, 2, 3, 4, 5, 8):
+        c = codes % (1 << nbits)
+        assert torch.equal(kernels.unpack_bits(sq.pack_bits(c, nbits), nbits, 11).long(), c)
+
+
+@pytest.mark.parametrize("preset", ["squeeze10", "pbllm", "gptq2", "gptq4", "xnor"])
+def test_pack_then_dequantize_reproduces_the_quantizer_bit_for_bit(preset):
+    X = correlated_inputs()
+    W = torch.randn(16, 32, generator=torch.Generator().manual_seed(11))
+    s = sq.replace(sq.PRESETS[preset], group_size=G)
+    rec = quantizer_output(W, X, s)
+    tensors, spec = sq.pack_linear(rec, s)
+    assert torch.equal(kernels.dequantize(tensors, spec), rec["weight"])
+
+
+def test_bits_come_from_the_bytes():
+    """out 4, in 32 in groups of 24 + 8, salient 0.2 -> k = 5 + 2, 4-bit: per row 5 + 2 trit bytes, 3 + 1 high
+    bytes, 2 × 4 bytes of μ, α, 2 × 2 of scale, 2 of zero = 25 bytes = 6.25 bits per weight."""
+    W, X = torch.randn(4, 32), correlated_inputs()
+    s = sq.Settings(group_size=G, fias="off")
+    tensors, spec = sq.pack_linear(quantizer_output(W, X, s), s)
+    bits = sq.linear_bits(tensors, spec)
+    assert spec["k"] == [5, 2] and bits["total"] == 6.25 and bits["bytes"] == 100
+    assert bits["payload"] == (25 + 7 * 4) / 32 and bits["scales"] == (8 + 4 + 2) * 8 / 32
+
+
+# -----------------------------------------------------------------------------
+# the command line: quantize, evaluate, determinism, bad input
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    d = tmp_path_factory.mktemp("s10")
+    write_gguf(d / "tiny.gguf", llama.ModelArgs(**{**TINY, "vocab_size": 261}))
+    (d / "calib.txt").write_text("hello world, the quick brown fox. " * 200)
+    return d
+
+
+def run_main(capsys, *argv):
+    rc = sq.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def quantize_args(d, out, *extra):
+    return ["--ckpt", d / "tiny.gguf", "--calib", "text", d / "calib.txt", "--nsamples", 8, "--seqlen", 32,
+            "--out", out, *extra]
+
+
+def test_cli_writes_a_packed_file_that_eval_reads(capsys, tiny_gguf):
+    d = tiny_gguf
+    rc, out, err = run_main(capsys, *quantize_args(d, d / "q.safetensors"), "--json")
+    assert rc == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert len(report["layers"]) == 2 * 7
+    # the totals are the bytes of the linears' tensors in the file
+    with safe_open(str(d / "q.safetensors"), "pt") as f:
+        info = json.loads(f.metadata()["squeeze10"])
+        linear_bytes = sum(f.get_tensor(n).numel() * f.get_tensor(n).element_size() for n in f.keys()
+                           if n.rsplit(".", 1)[0] in info["linears"])
+    assert info["format"] == "squeeze10" and info["version"] == 1
+    weights = report["totals"]["linear_weights"]
+    assert report["totals"]["bits_per_linear_weight"]["total"] == pytest.approx(8 * linear_bytes / weights, abs=1e-3)
+    assert report["totals"]["file_bytes"] == (d / "q.safetensors").stat().st_size
+    # eval.py reads it like any checkpoint, and scores exactly the dequantized model
+    rc = ev.main(["--ckpt", str(d / "q.safetensors"), "--text", str(d / "calib.txt"), "--seqlen", "32",
+                  "--windows", "2", "--json"])
+    out, _ = capsys.readouterr()
+    assert rc == 0
+    ppl = json.loads(out.strip().splitlines()[-1])["ppl"]
+    m = llama.load_checkpoint(d / "q.safetensors")
+    ids = data.load_tokenizer(d / "tiny.gguf").encode((d / "calib.txt").read_text(), bos=False)
+    assert ppl == pytest.approx(ev.perplexity(m, ev.make_windows(ids, 32, 2))["ppl"], rel=1e-4)
+    ref = llama.load_checkpoint(d / "tiny.gguf")
+    for i, name in ((0, "attention.wq"), (1, "feed_forward.w2")):  # quantized, not copied
+        assert not torch.equal(m.layers[i].get_submodule(name).weight, ref.layers[i].get_submodule(name).weight)
+    assert torch.allclose(m.tok_embeddings.weight, ref.tok_embeddings.weight, atol=1e-3)  # fp16 copy
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_same_seed_gives_a_byte_identical_file(capsys, tiny_gguf):
+    d = tiny_gguf
+    assert run_main(capsys, *quantize_args(d, d / "a.safetensors"))[0] == 0
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    subprocess.run([sys.executable, str(ROOT / "squeeze10.py"), *map(str, quantize_args(d, d / "b.safetensors"))],
+                   check=True, env=env, capture_output=True)
+    assert sha(d / "a.safetensors") == sha(d / "b.safetensors")
+    assert run_main(capsys, *quantize_args(d, d / "c.safetensors", "--seed", 1))[0] == 0
+    assert sha(d / "a.safetensors") != sha(d / "c.safetensors")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--preset", "bogus"], "--preset bogus: unknown; choose one of squeeze10, pbllm"),
+    (["--salient", "0"], "--salient 0.0: must be in (0, 1]"),
+    (["--salient", "1.5"], "--salient 1.5: must be in (0, 1]"),
+    (["--mid-bits", "1"], "--mid-bits 1: must be 2..16"),
+    (["--mid-bits", "17"], "--mid-bits 17: must be 2..16"),
+    (["--fias", "sometimes"], "--fias sometimes: must be one of target, input, off"),
+    (["--calib", "c4"], "--calib c4: expected"),
+])
+def test_bad_settings_give_one_line_and_no_file(capsys, tiny_gguf, flags, message):
+    d = tiny_gguf
+    rc, out, err = run_main(capsys, *quantize_args(d, d / "bad.safetensors"), *flags)
+    assert rc == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (d / "bad.safetensors").exists()
+
+
+def test_unwritable_output_gives_one_line_and_no_file(capsys, tiny_gguf, tmp_path):
+    d = tiny_gguf
+    for out, message in ((tmp_path / "missing" / "q.safetensors", "does not exist"),
+                         (tmp_path, "is a directory")):
+        rc, _, err = run_main(capsys, *quantize_args(d, out))
+        assert rc == 2 and message in err and err.count("\n") == 1
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root ignores permissions: nothing to test there
+            rc, _, err = run_main(capsys, *quantize_args(d, locked / "q.safetensors"))
+            assert rc == 2 and "cannot write" in err and err.count("\n") == 1
+    finally:
+        locked.chmod(0o700)
+    assert list(locked.iterdir()) == [] and not (tmp_path / "missing").exists()
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    def broken(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"half")
+        raise OSError("disk full")
+    monkeypatch.setattr(sq, "save_file", broken)
+    with pytest.raises(OSError):
+        sq.write_atomic(tmp_path / "q.safetensors", {}, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrupt_packed_file_gives_one_line(capsys, tiny_gguf, tmp_path):
+    d = tiny_gguf
+    assert run_main(capsys, *quantize_args(d, tmp_path / "q.safetensors"))[0] == 0
+    raw = (tmp_path / "q.safetensors").read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + header_len])
+    meta = json.loads(header["__metadata__"]["squeeze10"])
+    meta["linears"]["layers.0.attention.wq"]["k"] = [7]                      # contradicts the tensors' sizes
+    header["__metadata__"]["squeeze10"] = json.dumps(meta)
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    (tmp_path / "bad.safetensors").write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + header_len:])
+    rc = ev.main(["--ckpt", str(tmp_path / "bad.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "layers.0.attention.wq" in err and err.count("\n") == 1
+
+
+def test_synthetic_model_runs_the_pipeline(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sq.SYNTHETIC, "tiny", llama.ModelArgs(**{**TINY, "n_layers": 4}))
+    rc, out, err = run_main(capsys, "--synthetic", "tiny", "--blocks", 1, "--nsamples", 2, "--seqlen", 16,
+                            "--out", tmp_path / "s.safetensors", "--json")
+    totals = json.loads(out.strip().splitlines()[-1])["totals"]
+    assert rc == 0 and "extrapolated to 4 blocks" in err
+    assert totals["extrapolated_seconds"] == pytest.approx(4 * totals["quantize_seconds"], rel=0.05, abs=0.2)
+    assert math.isfinite(totals["bits_per_linear_weight"]["total"])
