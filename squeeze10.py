@@ -105,6 +105,7 @@ class Settings:
     pbar: bool = True          # False: M = V (Hessian-only salience, PB-LLM/BiLLM)
     fias: str = "target"       # target | input | off
     compensate: bool = True    # GPTQ error feedback (False: round to nearest)
+    stage3_from: str = "mid"   # stage 3 quantizes W_mid (METHOD.md), or "fp": W itself, stage 1 only ranks
     group_size: int = GROUP_SIZE
     damp: float = DAMP
 
@@ -128,6 +129,8 @@ def check_settings(s: Settings):
         raise SettingsError(f"--high-bits {s.high_bits}: must be 2..8")
     if not (s.lam >= 0 and math.isfinite(s.lam)):
         raise SettingsError(f"--lam {s.lam}: must be a finite number >= 0")
+    if s.stage3_from not in ("mid", "fp"):
+        raise SettingsError(f"--stage3-from {s.stage3_from}: must be mid or fp")
     if s.fias not in FIAS_MODES:
         raise SettingsError(f"--fias {s.fias}: must be one of {', '.join(FIAS_MODES)}")
 
@@ -147,15 +150,19 @@ def layout_of(s: Settings) -> str:
 def block_steps(block, x, freqs_cis):
     """A transformer block's forward pass, paused before each group of linears that share an input: yields
     that input, so that the caller can quantize those linears in place before the pass goes on. Yields the
-    block's output last. Mirrors model.TransformerBlock.forward."""
+    block's output last. Mirrors model.TransformerBlock.forward; `del` frees what a paused pass no longer
+    needs (a 7B block at 128 × 2048 tokens: 4 GiB per (B, T, dim) tensor)."""
     a = block.attention_norm(x)
     yield a                                                  # input of wq, wk, wv: (B, T, dim)
     m = block.attention.mix(a, freqs_cis)
+    del a
     yield m                                                  # input of wo: (B, T, dim)
     h = x + block.attention.wo(m)
+    del x, m
     f = block.ffn_norm(h)
     yield f                                                  # input of w1, w3: (B, T, dim)
     g = block.feed_forward.hidden(f)
+    del f
     yield g                                                  # input of w2: (B, T, hidden_dim)
     yield h + block.feed_forward.w2(g)                       # the block's output
 
@@ -387,7 +394,7 @@ def quantize_linears(weights: list, stats: Stats, s: Settings) -> list[dict]:
     else:
         mask = torch.full(W.shape, s.salient == 1, dtype=torch.bool, device=W.device)
     quantizer = RowGroupQuantizer(W.shape, G, s.high_bits, mask, device=W.device)
-    W_hat = gptq(W_mid, U, quantizer, G, compensate=s.compensate)                               # stage 3
+    W_hat = gptq(W_mid if s.stage3_from == "mid" else W, U, quantizer, G, compensate=s.compensate)  # stage 3
     records, r0 = [], 0
     for n in rows:
         sl = slice(r0, r0 + n)
@@ -400,11 +407,13 @@ def quantize_linears(weights: list, stats: Stats, s: Settings) -> list[dict]:
 
 def quantize_block(fp_block, xs_fp, xs_q, freqs_cis, s: Settings):
     """Quantize one block's linears step by step (STEPS), each from its own two-stream statistics.
-    xs_fp, xs_q: the block's inputs, one tensor per chunk of calibration samples. Returns the records by
+    xs_fp, xs_q: the block's inputs, one tensor per chunk of calibration samples (the lists are emptied, so
+    that memory holds each input only as long as the pass needs it). Returns the records by
     linear name, the next block's inputs in both streams, and the seconds spent per step."""
     q_block = copy.deepcopy(fp_block)
     fp_runs = [block_steps(fp_block, x, freqs_cis) for x in xs_fp]
     q_runs = [block_steps(q_block, x, freqs_cis) for x in xs_q]
+    xs_fp.clear(), xs_q.clear()   # consumed: the paused passes hold the inputs now, and drop them when they can
     errors = OutputErrors(fp_block, q_block)
     records, seconds = {}, {}
     for names in STEPS:
@@ -668,6 +677,8 @@ def parse_args(argv=None):
     p.add_argument("--lam", type=float, default=None, help=f"PBAR's λ on the normalised terms (default {LAM})")
     p.add_argument("--no-pbar", dest="no_pbar", action="store_true", help="Hessian-only salience (M = V)")
     p.add_argument("--fias", default=None, help="target (default) | input | off")
+    p.add_argument("--stage3-from", dest="stage3_from", default=None,
+                   help="mid (default: stage 3 re-quantizes W_mid) | fp (stage 3 quantizes W; stage 1 only ranks)")
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default: by model size)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
