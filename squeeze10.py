@@ -32,6 +32,9 @@ The paper's text is not available; ../shared/METHOD.md fixes the interpretation,
 - λ is applied to the layer-normalised terms (the paper's raw λ = 3e-4 belongs to its own scaling).
 - Binarization is μ + α·sign(w − μ) with μ, α fitted on the row-group's non-salient weights; the high grid
   is GPTQ's asymmetric min–max grid (zero included in the range) over the salient weights only.
+- Stage 3 re-quantizes W_mid, the stage-1 result (METHOD.md's reading of "staged"). `--stage3-from fp` is
+  the other reading the README measures: stage 1 only ranks the weights (PBAR on W_mid), stage 3 starts
+  from W itself.
 - Grid and binary parameters are rounded to fp16 before the weights are rounded onto them, so the packed
   file reproduces the quantizer's output bit for bit and GPTQ compensates the parameters' rounding too.
 - Which weights are salient is stored as a three-way state per weight (−, +, salient), five states per
@@ -42,23 +45,25 @@ JSON value has "format": "squeeze10", "version", the model config, the settings,
 the bits report. Every tensor that is not a block linear (embeddings, norms, output head) is stored as fp16.
 A quantized linear `P` = "layers.{i}.{attention.wq|...|feed_forward.w3}" of shape (out, in) has row-groups
 g = 0..ng-1 of width w_g (128, the last one possibly narrower) and k_g = round(salient·w_g) salient weights
-(k_g = 0 for an all-binary layer, k_g = w_g for an all-grid layer). Per row r, in this order of bytes:
+(k_g = 0 for an all-binary layer, k_g = w_g for an all-grid layer). Its tensors, each row-major with one
+row per output channel; inside a row the row-groups follow each other in order, each on a byte boundary:
 
-    struct row_group {                     // one row r, one group g; groups follow each other in g order
-        uint8 trits[ceil(w_g/5)];          // P.trits  (layout "trits": 0 < salient < 1)
-                                           //   position p holds base-3 digit p%5 of byte p/5:
-                                           //   0 -> μ-α, 1 -> μ+α, 2 -> salient; digits past w_g are 0
-        uint8 signs[ceil(w_g/8)];          // P.signs  (layout "signs", all binary): bit p%8 of byte p/8,
-                                           //   least significant first; 1 -> μ+α, 0 -> μ-α
-        uint8 high[ceil(k_g*high_bits/8)]; // P.high   (layouts "trits" and "grid"): the k_g salient codes
-                                           //   in column order, high_bits each, least significant bit first
+    struct packed_linear {                                  // layout: which tensors exist
+        uint8 trits[out][Σ_g ceil(w_g/5)];   // "trits" (0 < salient < 1): weight p of a row-group is base-3
+                                             //   digit p%5 of the group's byte p/5 (least significant first):
+                                             //   0 -> μ−α, 1 -> μ+α, 2 -> salient; digits past w_g are 0
+        uint8 signs[out][Σ_g ceil(w_g/8)];   // "signs" (all binary): bit p%8 of byte p/8, least significant
+                                             //   first; 1 -> μ+α, 0 -> μ−α
+        uint8 high[out][Σ_g ceil(k_g·high_bits/8)];  // "trits", "grid": the k_g salient codes of each
+                                             //   row-group in column order, high_bits each, LSB first
+        fp16  binary[out][ng][2];            // "trits", "signs": μ, α of each row-group
+        fp16  scale[out][ng];                // "trits", "grid": salient w = scale · (code − zero)
+        uint8 zero[out][ng];
     };
-    fp16  P.binary[out][ng][2];            // μ, α                  (layouts "trits", "signs")
-    fp16  P.scale[out][ng];                // salient w = scale · (code − zero)  (layouts "trits", "grid")
-    uint8 P.zero[out][ng];
 
-Each tensor stores its rows one after another, so every row-group of every row starts at a fixed byte offset;
-`pack_linear` asserts each size against kernels.expected_shapes, which the reader checks again.
+Each tensor is stored as "P.trits", "P.high", ... Because k_g is fixed, every row-group of every row starts
+at a fixed byte offset; `pack_linear` asserts each size against kernels.expected_shapes, which the reader
+checks again.
 """
 import argparse
 import copy
@@ -164,7 +169,9 @@ def block_steps(block, x, freqs_cis):
     g = block.feed_forward.hidden(f)
     del f
     yield g                                                  # input of w2: (B, T, hidden_dim)
-    yield h + block.feed_forward.w2(g)                       # the block's output
+    out = h + block.feed_forward.w2(g)
+    del h, g
+    yield out                                                # the block's output
 
 
 class Stats:
@@ -205,9 +212,10 @@ def fias_target(W, H, C, delta):
     ‖W·X_fpᵀ − Ŵ·X_qᵀ‖² + δ‖W − Ŵ‖² = const + ‖(W* − Ŵ)·X_qᵀ‖² + δ‖W* − Ŵ‖² (in units of n/2), so every
     stage below quantizes W* against H unchanged. Where the streams agree (C = H̃), W* = W. Solved in
     float64 through H's Cholesky factor; never inverted."""
-    eye = torch.eye(H.shape[0], dtype=torch.float64, device=H.device)
     L = torch.linalg.cholesky(H.double())
-    rhs = (C.double() + delta * eye).T @ W.double().T       # (in, out)
+    C = C.double()
+    C.diagonal().add_(delta)                                  # C + δI, without an (in, in) identity
+    rhs = C.T @ W.double().T                                  # (in, out)
     return torch.cholesky_solve(rhs, L).T.to(W.dtype)
 
 
@@ -380,27 +388,30 @@ def quantize_linears(weights: list, stats: Stats, s: Settings) -> list[dict]:
     H[dead, dead] = 1
     W[:, dead] = 0
     delta = s.damp * H.diag().mean()
-    H += delta * torch.eye(H.shape[0], device=H.device)
-    if s.fias == "target":
+    H.diagonal().add_(delta)
+    if s.fias == "target":                                   # FIAS: reproduce W·X_fp from X_q
         W = fias_target(W, H, stats.cross(), delta)
     U = inverse_cholesky(H)
     G = s.group_size
+    # stage 1: every weight to mid_bits
     W_mid = W if s.mid_bits >= 16 else gptq(W, U, RowGroupQuantizer(W.shape, G, s.mid_bits, device=W.device), G)
+    # stage 2: PBAR salience on W_mid, the k most salient weights of every row-group (means per linear)
     rows = [w.shape[0] for w in weights]
-    if 0 < s.salient < 1:                                                                       # PBAR
+    if 0 < s.salient < 1:
         d, r = U.diag(), stats.ranges()
         mask = torch.cat([salient_mask(pbar_salience(w, d, r, s.lam, G, s.pbar), s.salient, G)
                           for w in W_mid.split(rows)])
     else:
         mask = torch.full(W.shape, s.salient == 1, dtype=torch.bool, device=W.device)
+    # stage 3: salient weights to high_bits, the rest to μ ± α, errors compensated column by column
     quantizer = RowGroupQuantizer(W.shape, G, s.high_bits, mask, device=W.device)
-    W_hat = gptq(W_mid if s.stage3_from == "mid" else W, U, quantizer, G, compensate=s.compensate)  # stage 3
+    W_hat = gptq(W_mid if s.stage3_from == "mid" else W, U, quantizer, G, compensate=s.compensate)
     records, r0 = [], 0
+    q = quantizer
+    parts = dict(codes=q.codes, mask=mask, scale=q.scale, zero=q.zero, mu=q.mu, alpha=q.alpha)
     for n in rows:
         sl = slice(r0, r0 + n)
-        q = quantizer
-        records.append(dict(weight=W_hat[sl], **{k: v[sl].cpu() for k, v in dict(
-            codes=q.codes, mask=mask, scale=q.scale, zero=q.zero, mu=q.mu, alpha=q.alpha).items()}))
+        records.append(dict(weight=W_hat[sl], **{k: v[sl].cpu() for k, v in parts.items()}))
         r0 += n
     return records
 
@@ -505,6 +516,9 @@ def write_atomic(path: Path, tensors: dict, metadata: dict):
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)          # safetensors creates files 0600; give the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -602,7 +616,8 @@ def summarize(report: list, file_bytes: int, n_params: int) -> dict:
     weights = [r["shape"][0] * r["shape"][1] for r in report]
     total_w = sum(weights)
     mean = {k: sum(w * r["bits"][k] for w, r in zip(weights, report)) / total_w
-            for k in ("payload", "index", "scales", "total")}
+            for k in ("payload", "index", "scales")}
+    mean["total"] = 8 * sum(r["bytes"] for r in report) / total_w           # exact: from the bytes
     return dict(linear_weights=total_w, bits_per_linear_weight={k: round(v, 4) for k, v in mean.items()},
                 file_bytes=file_bytes, fp16_bytes=2 * n_params, compression=round(2 * n_params / file_bytes, 3),
                 rel_error_mean=round(sum(r["rel_error"] for r in report) / len(report), 5))

@@ -376,3 +376,19 @@ def test_synthetic_model_runs_the_pipeline(capsys, monkeypatch, tmp_path):
     assert rc == 0 and "extrapolated to 4 blocks" in err
     assert totals["extrapolated_seconds"] == pytest.approx(4 * totals["quantize_seconds"], rel=0.05, abs=0.2)
     assert math.isfinite(totals["bits_per_linear_weight"]["total"])
+
+
+def test_stage3_from_fp_ranks_on_w_mid_but_quantizes_w():
+    """--stage3-from fp: stage 1 only decides which weights are salient; stage 3 starts from W itself."""
+    X = correlated_inputs()
+    W = torch.randn(16, 32, generator=torch.Generator().manual_seed(12))
+    s = sq.Settings(group_size=G, fias="off", stage3_from="fp")
+    rec = quantizer_output(W, X, s)
+    stats = sq.Stats("off")
+    stats.add(X, X)
+    U = sq.inverse_cholesky(damped(stats.hessian()))         # the same H, bit for bit, as quantize_linears
+    W_mid = sq.gptq(W, U, sq.RowGroupQuantizer(W.shape, G, 4), G)
+    mask = sq.salient_mask(sq.pbar_salience(W_mid, U.diag(), X.amax(0) - X.amin(0), s.lam, G), s.salient, G)
+    assert torch.equal(rec["mask"], mask)
+    assert torch.equal(rec["weight"], sq.gptq(W, U, sq.RowGroupQuantizer(W.shape, G, 4, mask), G))
+    assert not torch.equal(rec["weight"], sq.gptq(W_mid, U, sq.RowGroupQuantizer(W.shape, G, 4, mask), G))
