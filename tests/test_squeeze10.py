@@ -366,6 +366,10 @@ def test_a_corrupt_packed_file_gives_one_line(capsys, tiny_gguf, tmp_path):
     rc = ev.main(["--ckpt", str(tmp_path / "bad.safetensors")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "layers.0.attention.wq" in err and err.count("\n") == 1
+    (tmp_path / "cut.safetensors").write_bytes(raw[:len(raw) // 2])                       # truncated
+    rc = ev.main(["--ckpt", str(tmp_path / "cut.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cut.safetensors: unreadable safetensors file" in err and err.count("\n") == 1
 
 
 def test_synthetic_model_runs_the_pipeline(capsys, monkeypatch, tmp_path):
