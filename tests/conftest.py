@@ -4,6 +4,7 @@ The writers here are independent of model.py's readers: they split Meta shards b
 Hugging Face's q/k permutation forwards, so a loader that undoes the wrong thing fails the comparison.
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+if not torch.cuda.is_available():  # Triton kernels run on the CPU, interpreted (read when kernels.py is imported)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import data  # noqa: E402
 import model as llama  # noqa: E402
