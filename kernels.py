@@ -14,17 +14,20 @@ and exactly k of them are salient, k fixed per group width, so each row-group's 
 quantize → pack → dequantize reproduces the quantizer's output bit for bit.
 """
 import math
+import os
 import time
 
 import numba
 import numpy as np
 import torch
 
-try:  # Triton ships with PyTorch's CUDA builds; on the CPU it runs kernels only under TRITON_INTERPRET=1
-    import triton
-    import triton.language as tl
-except ImportError:
-    triton = None
+triton = None  # Triton ships with PyTorch's CUDA builds; on the CPU it runs kernels under TRITON_INTERPRET=1 only
+if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":  # else skip its import (~80 MB)
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        pass
 
 FORMAT, VERSION = "squeeze10", 1
 LAYOUTS = ("trits", "signs", "grid")  # mixed 1/high-bit, all binary, all high-bit (no binary part)
@@ -176,6 +179,7 @@ def group_table(spec: dict) -> torch.Tensor:
 LANES = 16               # rows interleaved per block of the CPU layout
 SMALL_BATCH = 4          # up to this many rows of x: the table kernel; above: decoded tiles and BLAS
 TILE_BYTES = 1 << 20     # one decoded tile of rows: about L2-sized
+CHUNK_GROUPS = 32        # row-groups per pass of the table kernel: its tables (~1 MB) stay in L2
 
 
 def interleave(a: torch.Tensor) -> np.ndarray:
@@ -236,57 +240,60 @@ def cpu_layout(tensors: dict, spec: dict) -> dict:
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _tables(x, groups, n_sign, pos_bits, n_codes):
-    """Per call, from one row x (in,): T (n_sign, 256): T[b, byte] = Σ of the activations whose bits are set
-    in `byte`, among the 8 columns sign byte b covers; X (ng,): each row-group's Σ x; and, for codes of at
-    most 4 bits, P (ng, n_codes << pos_bits, 2): P[g, entry] = (code·x, x) at the entry's position."""
-    ng = groups.shape[0]
-    T = np.zeros((n_sign, 256), np.float32)
-    X = np.zeros(ng, np.float32)
-    P = np.zeros((ng, n_codes << pos_bits if n_codes <= 16 else 0, 2), np.float32)
-    for g in numba.prange(ng):
+def _tables(x, groups, g0, g1, pos_bits, n_codes):
+    """Per call, from one row x (in,), for row-groups g0 .. g1: T (sign bytes, 256): T[b, byte] = Σ of the
+    activations whose bits are set in `byte`, among the 8 columns sign byte b covers; X (groups,): each
+    row-group's Σ x; and, for codes of at most 4 bits, P (groups, n_codes << pos_bits, 2): P[g, entry] =
+    (code·x, x) at the entry's position."""
+    base = groups[g0, 2]
+    T = np.zeros((groups[g1 - 1, 3] - base, 256), np.float32)
+    X = np.zeros(g1 - g0, np.float32)
+    P = np.zeros((g1 - g0, n_codes << pos_bits if n_codes <= 16 else 0, 2), np.float32)
+    for g in numba.prange(g0, g1):
         col, w, b0, b1 = groups[g, 0], groups[g, 1], groups[g, 2], groups[g, 3]
         for j in range(w):
-            X[g] += x[col + j]
+            X[g - g0] += x[col + j]
         for b in range(b0, b1):
             for t in range(8):                       # doubling: the entries with bit t set = those below + x_t
                 j = 8 * (b - b0) + t
                 xv = x[col + j] if j < w else np.float32(0)
                 h = 1 << t
                 for i in range(h):
-                    T[b, h + i] = T[b, i] + xv
+                    T[b - base, h + i] = T[b - base, i] + xv
         if P.shape[1]:
             for c in range(n_codes):
                 for j in range(w):
-                    P[g, (c << pos_bits) | j, 0] = c * x[col + j]
-                    P[g, (c << pos_bits) | j, 1] = x[col + j]
+                    P[g - g0, (c << pos_bits) | j, 0] = c * x[col + j]
+                    P[g - g0, (c << pos_bits) | j, 1] = x[col + j]
     return T, X, P
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _gemv(x, T, X, P, signs, sal, const, groups, pos_bits, y):
-    """y (blocks·LANES,) = W @ x for one row x (in,); one block of 16 output channels per parallel step."""
-    blocks, ng, L = signs.shape[0], groups.shape[0], LANES     # a constant: the lane loops unroll
+def _gemv(x, T, X, P, g0, g1, signs, sal, const, groups, pos_bits, y):
+    """y (blocks·LANES,) += the part of W @ x from row-groups g0 .. g1, for one row x (in,); one block of 16
+    output channels per parallel step."""
+    blocks, L = signs.shape[0], LANES      # a constant: the lane loops unroll
     pmask = (1 << pos_bits) - 1
+    base = groups[g0, 2]
     for r in numba.prange(blocks):
         plus = np.empty(L, np.float32)       # per lane: Σ x over the μ+α weights,
         code = np.empty(L, np.float32)       # Σ code·x and Σ x over the salient ones
         sx = np.empty(L, np.float32)
         acc = np.zeros(L, np.float32)
-        for g in range(ng):
+        for g in range(g0, g1):
             col, b0, b1, s0, k = groups[g, 0], groups[g, 2], groups[g, 3], groups[g, 4], groups[g, 5]
             plus[:] = 0
             code[:] = 0
             sx[:] = 0
             for b in range(b0, b1):
                 for lane in range(L):
-                    plus[lane] += T[b, signs[r, b, lane]]
+                    plus[lane] += T[b - base, signs[r, b, lane]]
             if P.shape[1]:                   # ≤ 4-bit codes: the entry indexes a table of (code·x, x)
                 for i in range(s0, s0 + k):
                     for lane in range(L):
                         e = sal[r, i, lane]
-                        code[lane] += P[g, e, 0]
-                        sx[lane] += P[g, e, 1]
+                        code[lane] += P[g - g0, e, 0]
+                        sx[lane] += P[g - g0, e, 1]
             else:
                 for i in range(s0, s0 + k):
                     for lane in range(L):
@@ -295,10 +302,10 @@ def _gemv(x, T, X, P, signs, sal, const, groups, pos_bits, y):
                         code[lane] += np.float32(e >> pos_bits) * xv
                         sx[lane] += xv
             for lane in range(L):
-                acc[lane] += (const[r, g, 0, lane] * plus[lane] + const[r, g, 1, lane] * X[g]
+                acc[lane] += (const[r, g, 0, lane] * plus[lane] + const[r, g, 1, lane] * X[g - g0]
                               + const[r, g, 2, lane] * code[lane] - const[r, g, 3, lane] * sx[lane])
         for lane in range(L):
-            y[r * L + lane] = acc[lane]
+            y[r * L + lane] += acc[lane]
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -336,10 +343,13 @@ def numba_matmul(x: torch.Tensor, lay: dict) -> torch.Tensor:
     M, blocks = x2.shape[0], lay["signs"].shape[0]
     args = lay["signs"], lay["sal"], lay["const"], lay["groups"], lay["pos_bits"]
     if M <= SMALL_BATCH:          # one row of x at a time: the tables are per row
-        y = np.empty((M, blocks * LANES), np.float32)
+        y = np.zeros((M, blocks * LANES), np.float32)
+        ng = len(lay["groups"])
         for m, xm in enumerate(x2.numpy()):
-            T, X, P = _tables(xm, lay["groups"], lay["signs"].shape[1], lay["pos_bits"], lay["n_codes"])
-            _gemv(xm, T, X, P, *args, y[m])
+            for g0 in range(0, ng, CHUNK_GROUPS):    # a chunk's tables stay in L2: ~1 MB for 32 row-groups
+                g1 = min(ng, g0 + CHUNK_GROUPS)
+                T, X, P = _tables(xm, lay["groups"], g0, g1, lay["pos_bits"], lay["n_codes"])
+                _gemv(xm, T, X, P, g0, g1, *args, y[m])
         y = torch.from_numpy(y[:, :out])
     else:
         y = torch.empty(M, out)
@@ -435,7 +445,7 @@ def triton_matmul(x: torch.Tensor, tensors: dict, spec: dict, groups: torch.Tens
     """y = x @ Wᵀ with the Triton kernel, straight from the packed tensors (CUDA tensors; any device under
     TRITON_INTERPRET=1). `groups`: group_table(spec) on x's device, cached by the caller."""
     if triton is None:
-        raise RuntimeError("the triton backend needs the `triton` package (pip install triton)")
+        raise RuntimeError("the triton backend needs CUDA (or TRITON_INTERPRET=1) and the `triton` package")
     out, n_in = spec["shape"]
     if x.shape[-1] != n_in:
         raise ValueError(f"x has {x.shape[-1]} features, the weight takes {n_in}")
@@ -582,11 +592,12 @@ def asm_census() -> dict:
     """Vector instructions in the numba kernels' machine code (recompiled without the cache, which hides it)."""
     lay = random_cpu_layout(40, 200)
     x = np.random.default_rng(0).standard_normal(200).astype(np.float32)
-    tables = _tables(x, lay["groups"], lay["signs"].shape[1], lay["pos_bits"], lay["n_codes"])
+    ng = len(lay["groups"])
+    tables = _tables(x, lay["groups"], 0, ng, lay["pos_bits"], lay["n_codes"])
     lists = lay["signs"], lay["sal"], lay["const"], lay["groups"], lay["pos_bits"]
     census = {}
-    for fn, args in ((_tables, (x, lay["groups"], lay["signs"].shape[1], lay["pos_bits"], lay["n_codes"])),
-                     (_gemv, (x, *tables, *lists, np.empty(lay["signs"].shape[0] * LANES, np.float32))),
+    for fn, args in ((_tables, (x, lay["groups"], 0, ng, lay["pos_bits"], lay["n_codes"])),
+                     (_gemv, (x, *tables, 0, ng, *lists, np.zeros(lay["signs"].shape[0] * LANES, np.float32))),
                      (_decode_rows, (*lists, 0, np.empty((LANES, 200), np.float32)))):
         fresh = numba.njit(parallel=True, fastmath=True)(fn.py_func)
         fresh(*args)

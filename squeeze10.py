@@ -719,6 +719,8 @@ def prepare(a):
     if (source == "embedded") != (not rest) or len(rest) > 1:
         raise SettingsError(f"--calib {' '.join(a.calib)}: expected 'embedded' or 'c4|wikitext2|text PATH'")
     ckpt = None if a.synthetic else llama.resolve_checkpoint(a.ckpt)
+    if ckpt is not None and llama.checkpoint_format(ckpt) == "squeeze10":
+        raise SettingsError(f"{ckpt}: already a packed squeeze10 file; quantize the full-precision checkpoint")
     name = f"{a.synthetic}-synthetic-{a.blocks}blocks" if a.synthetic else stem(ckpt)
     out = Path(a.out) if a.out else Path("out") / f"{name}.{a.preset}.safetensors"
     if not a.out:

@@ -152,6 +152,12 @@ def packed(tmp_path_factory):
     return d
 
 
+def test_quantizing_a_packed_file_again_is_refused_in_one_line(packed, capsys):
+    assert sq.main(["--ckpt", str(packed / "q.safetensors"), "--out", str(packed / "again.safetensors")]) == 2
+    assert "already a packed squeeze10 file" in capsys.readouterr().err
+    assert not (packed / "again.safetensors").exists()
+
+
 def test_a_packed_checkpoint_loads_as_quantlinears_without_dense_weights(packed):
     m = llama.load_checkpoint(packed / "q.safetensors")
     linears = [mod for mod in m.modules() if isinstance(mod, llama.QuantLinear)]
