@@ -1,8 +1,11 @@
-"""kernels.py — reading Squeeze10's packed weights back: bit unpacking and the dense reference path.
+"""kernels.py — Squeeze10's packed weights read back, and multiplied without a dense matrix.
+
+    python kernels.py --bench [--json]     # dense vs packed matmul on LLaMA-2-7B and SmolLM2 shapes
+    python kernels.py --asm                # which vector instructions the numba kernels compiled to
 
 squeeze10.py writes the packed format (its docstring draws the layout); this file is the only reader, so
-that `model.py`, the tests and (next) the mixed 1/4-bit matmul kernels all decode the same bytes the same
-way. It imports nothing of the project.
+that `model.py`, the tests and the kernels all decode the same bytes the same way. It imports nothing of
+the project.
 
 A quantized linear W (out, in) is cut into row-groups of `group_size` input columns (the last one narrower
 when `in` is not a multiple). In each row-group every weight is one of three things:
@@ -11,7 +14,10 @@ when `in` is not a multiple). In each row-group every weight is one of three thi
 and exactly k of them are salient, k fixed per group width, so each row-group's bytes sit at a fixed offset.
 
 `dequantize(tensors, spec)` rebuilds W in float32 with exactly the arithmetic the quantizer used, so
-quantize → pack → dequantize reproduces the quantizer's output bit for bit.
+quantize → pack → dequantize reproduces the quantizer's output bit for bit. y = x @ Wᵀ three ways:
+`reference_matmul` (dequantize, then torch.matmul: the yardstick), `numba_matmul` (CPU, on a layout made
+once by `cpu_layout`) and `triton_matmul` (CUDA, on the file's own bytes). Each kernel's section says what
+it reads, what it computes, and why its loops have their shape.
 """
 import math
 import os
