@@ -443,10 +443,6 @@ if triton is not None:
                  mask=m_ok[:, None] & row_ok[None, :])
 
 
-def triton_available() -> bool:
-    return triton is not None
-
-
 def triton_matmul(x: torch.Tensor, tensors: dict, spec: dict, groups: torch.Tensor | None = None) -> torch.Tensor:
     """y = x @ Wᵀ with the Triton kernel, straight from the packed tensors (CUDA tensors; any device under
     TRITON_INTERPRET=1). `groups`: group_table(spec) on x's device, cached by the caller."""
