@@ -24,8 +24,12 @@ import os
 import time
 
 import numba
+import numba.core.cgutils
+import numba.extending
 import numpy as np
 import torch
+from llvmlite import binding as llvm
+from llvmlite import ir as llvm_ir
 
 triton = None  # Triton ships with PyTorch's CUDA builds; on the CPU it runs kernels under TRITON_INTERPRET=1 only
 if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":  # else skip its import (~80 MB)
@@ -174,18 +178,20 @@ def group_table(spec: dict) -> torch.Tensor:
 # Σ_{plus} x costs one table lookup per 8 weights (T-MAC): per call, each sign-byte position b gets the 256
 # subset sums of its 8 activations, so a sign byte is its own index. The salient weights are a list of
 # (code << pos_bits | position) entries, a fixed number per row-group, so their loop has a fixed trip count.
-# The loops are shaped by what this 2-core AVX-512 machine measured (README, "Kernels"): the rows are
-# interleaved in blocks of 16, so the 16 lookups of one sign-byte position hit the same 1 KB table row, and
-# the 16 salient entries of one index share the same 128 activations; one row at a time was 1.5× slower.
-# The compiler keeps both loops scalar, with qword gathers at best (`python kernels.py --asm` counts them):
-# the salient list, 20% of the weights, takes ~3/4 of the time. Batches larger than SMALL_BATCH skip the
-# tables: tiles of rows are decoded to float32 in cache and multiplied by BLAS, so prefill runs near dense
-# speed while no dense weight matrix ever exists whole.
+# The rows are interleaved in blocks of 16, so the 16 lookups of one sign-byte position hit the same 1 KB
+# table row, and the 16 salient entries of one index share the same 128 activations: both inner loops are
+# then one 16-wide gather each (AVX-512 `vgatherdps`: 16 lanes of 32-bit indices into one base pointer).
+# numba's compiler will not emit those gathers from Python loops (it left both lookups scalar, at ~2.5× the
+# time: the README's "Kernels" section has the history), so the two loops are written in LLVM IR below and
+# called from numba as intrinsics; everything around them is ordinary numba. `llvm.masked.gather` is LLVM's
+# portable gather: on a CPU without AVX-512 it becomes two 8-wide AVX2 gathers, or scalar loads.
+# Batches larger than SMALL_BATCH skip the tables: tiles of rows are decoded to float32 in cache and
+# multiplied by BLAS, so prefill runs near dense speed while no dense weight matrix ever exists whole.
 
-LANES = 16               # rows interleaved per block of the CPU layout
+LANES = 16               # rows interleaved per block of the CPU layout (the IR below is written for 16)
 SMALL_BATCH = 4          # up to this many rows of x: the table kernel; above: decoded tiles and BLAS
 TILE_BYTES = 1 << 20     # one decoded tile of rows: about L2-sized
-CHUNK_GROUPS = 32        # row-groups per pass of the table kernel: its tables (~1 MB) stay in L2
+CHUNK_GROUPS = 96        # at most this many row-groups per pass of the table kernel: ≤ 1.5 MB of tables, in L2
 
 
 def interleave(a: torch.Tensor) -> np.ndarray:
@@ -245,16 +251,161 @@ def cpu_layout(tensors: dict, spec: dict) -> dict:
                 pos_bits=pos_bits, n_codes=1 << hb, shape=(out, n_in))
 
 
+# The two gather loops, in LLVM IR (opaque pointers, as numba ≥ 0.68's llvmlite reads them). `acc` holds 16 floats,
+# one per lane (= output row of the block), loaded at entry and stored back at exit:
+#   sq10_plus(T, signs, n, acc):  acc[l] += Σ_{b<n} T[256·b + signs[16·b + l]]             (T: n rows of 256)
+#   sq10_salient(x, sal, k, pos_bits, acc): with e = sal[16·i + l], p = e & (2^pos_bits − 1), c = e >> pos_bits,
+#                                 acc[l] += Σ_{i<k} c·x[p],  acc[16 + l] += Σ_{i<k} x[p]
+# Both also prefetch their stream a few row-groups ahead (2 KB of sign bytes, 4 KB of entries; a prefetch never
+# faults, so running past the end is harmless): with the weights coming from DRAM, as they do in a model,
+# that took the 11008×4096 product from 3.4 to 2.2 ms here — the gathers otherwise leave the hardware
+# prefetchers behind. The T rows and the activations they gather from stay in L1/L2.
+_ALL = "<" + ", ".join(["i1 true"] * 16) + ">"
+_GATHER_IR = r"""
+declare <16 x float> @llvm.masked.gather.v16f32.v16p0(<16 x ptr>, i32 immarg, <16 x i1>, <16 x float>)
+declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)
+declare void @llvm.prefetch.p0(ptr, i32 immarg, i32 immarg, i32 immarg)
+@llvm.used = appending global [2 x ptr] [ptr @sq10_plus, ptr @sq10_salient], section "llvm.metadata"
+
+define linkonce_odr void @sq10_plus(ptr %T, ptr %signs, i64 %n, ptr %acc) alwaysinline {
+entry:
+  %a0 = load <16 x float>, ptr %acc, align 4
+  %none = icmp eq i64 %n, 0
+  br i1 %none, label %done, label %loop
+loop:
+  %b = phi i64 [0, %entry], [%b1, %loop]
+  %a = phi <16 x float> [%a0, %entry], [%a1, %loop]
+  %at = mul i64 %b, 16
+  %bytep = getelementptr i8, ptr %signs, i64 %at
+  %bytes = load <16 x i8>, ptr %bytep, align 1
+  %bytepf = getelementptr i8, ptr %bytep, i64 2048
+  call void @llvm.prefetch.p0(ptr %bytepf, i32 0, i32 3, i32 1)
+  %index = zext <16 x i8> %bytes to <16 x i32>
+  %rowat = mul i64 %b, 256
+  %row = getelementptr float, ptr %T, i64 %rowat
+  %ptrs = getelementptr float, ptr %row, <16 x i32> %index
+  %sums = call <16 x float> @llvm.masked.gather.v16f32.v16p0(<16 x ptr> %ptrs, i32 4, <16 x i1> ALL,
+                                                             <16 x float> poison)
+  %a1 = fadd fast <16 x float> %a, %sums
+  %b1 = add i64 %b, 1
+  %more = icmp ult i64 %b1, %n
+  br i1 %more, label %loop, label %done
+done:
+  %r = phi <16 x float> [%a0, %entry], [%a1, %loop]
+  store <16 x float> %r, ptr %acc, align 4
+  ret void
+}
+
+define linkonce_odr void @sq10_salient(ptr %x, ptr %sal, i64 %k, i32 %pos_bits, ptr %acc) alwaysinline {
+entry:
+  %pb0 = insertelement <16 x i32> poison, i32 %pos_bits, i64 0
+  %pb = shufflevector <16 x i32> %pb0, <16 x i32> poison, <16 x i32> zeroinitializer
+  %top = shl i32 1, %pos_bits
+  %m = sub i32 %top, 1
+  %mask0 = insertelement <16 x i32> poison, i32 %m, i64 0
+  %mask = shufflevector <16 x i32> %mask0, <16 x i32> poison, <16 x i32> zeroinitializer
+  %sxp = getelementptr float, ptr %acc, i64 16
+  %c0 = load <16 x float>, ptr %acc, align 4
+  %s0 = load <16 x float>, ptr %sxp, align 4
+  %none = icmp eq i64 %k, 0
+  br i1 %none, label %done, label %loop
+loop:
+  %i = phi i64 [0, %entry], [%i1, %loop]
+  %c = phi <16 x float> [%c0, %entry], [%c1, %loop]
+  %s = phi <16 x float> [%s0, %entry], [%s1, %loop]
+  %at = mul i64 %i, 16
+  %ep = getelementptr i16, ptr %sal, i64 %at
+  %e16 = load <16 x i16>, ptr %ep, align 2
+  %epf = getelementptr i8, ptr %ep, i64 4096
+  call void @llvm.prefetch.p0(ptr %epf, i32 0, i32 3, i32 1)
+  %e = zext <16 x i16> %e16 to <16 x i32>
+  %pos = and <16 x i32> %e, %mask
+  %code = lshr <16 x i32> %e, %pb
+  %ptrs = getelementptr float, ptr %x, <16 x i32> %pos
+  %xs = call <16 x float> @llvm.masked.gather.v16f32.v16p0(<16 x ptr> %ptrs, i32 4, <16 x i1> ALL,
+                                                           <16 x float> poison)
+  %codef = uitofp <16 x i32> %code to <16 x float>
+  %c1 = call fast <16 x float> @llvm.fma.v16f32(<16 x float> %codef, <16 x float> %xs, <16 x float> %c)
+  %s1 = fadd fast <16 x float> %s, %xs
+  %i1 = add i64 %i, 1
+  %more = icmp ult i64 %i1, %k
+  br i1 %more, label %loop, label %done
+done:
+  %rc = phi <16 x float> [%c0, %entry], [%c1, %loop]
+  %rs = phi <16 x float> [%s0, %entry], [%s1, %loop]
+  store <16 x float> %rc, ptr %acc, align 4
+  store <16 x float> %rs, ptr %sxp, align 4
+  ret void
+}
+""".replace("ALL", _ALL)
+
+
+def _link_gathers(context):
+    """Put _GATHER_IR into the library numba is building (once per library: numba links each compiled function's
+    code into one; the cache stores the result as machine code)."""
+    library = context.active_code_library
+    if not getattr(library, "_sq10_gathers", False):
+        library.add_llvm_module(llvm.parse_assembly(_GATHER_IR))
+        library._sq10_gathers = True
+
+
+def _call_ir(context, builder, name, *values):
+    _link_gathers(context)
+    fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [v.type for v in values])
+    builder.call(numba.core.cgutils.get_or_insert_function(builder.module, fnty, name), values)
+    return context.get_dummy_value()
+
+
+def _pointer(context, builder, ty, array, at=None, at_ty=None):
+    """Pointer to an array's element at flat offset `at` (a C-contiguous array's data pointer, advanced)."""
+    data = context.make_array(ty)(context, builder, array).data
+    return data if at is None else builder.gep(data, [context.cast(builder, at, at_ty, numba.types.int64)])
+
+
+def _c_arrays(*pairs):
+    return all(isinstance(a, numba.types.Array) and a.dtype == dt and a.layout == "C" for a, dt in pairs)
+
+
+@numba.extending.intrinsic
+def _plus_sums(typingctx, T, t_at, signs, s_at, n, acc):
+    """acc[0:16] += Σ_{b<n} T.flat[t_at + 256·b + signs.flat[s_at + 16·b + lane]]  (sq10_plus)."""
+    if not _c_arrays((T, numba.types.float32), (signs, numba.types.uint8), (acc, numba.types.float32)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = sig.args
+        return _call_ir(context, builder, "sq10_plus", _pointer(context, builder, ty[0], args[0], args[1], ty[1]),
+                        _pointer(context, builder, ty[2], args[2], args[3], ty[3]),
+                        context.cast(builder, args[4], ty[4], numba.types.int64),
+                        _pointer(context, builder, ty[5], args[5]))
+    return numba.types.void(T, t_at, signs, s_at, n, acc), codegen
+
+
+@numba.extending.intrinsic
+def _salient_sums(typingctx, x, x_at, sal, s_at, k, pos_bits, acc):
+    """acc[0:16] += Σ_{i<k} code·x, acc[16:32] += Σ_{i<k} x, over the entries sal.flat[s_at + 16·i + lane], the
+    activation of an entry being x.flat[x_at + position]  (sq10_salient)."""
+    if not _c_arrays((x, numba.types.float32), (sal, numba.types.uint16), (acc, numba.types.float32)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = sig.args
+        return _call_ir(context, builder, "sq10_salient", _pointer(context, builder, ty[0], args[0], args[1], ty[1]),
+                        _pointer(context, builder, ty[2], args[2], args[3], ty[3]),
+                        context.cast(builder, args[4], ty[4], numba.types.int64),
+                        context.cast(builder, args[5], ty[5], numba.types.int32),
+                        _pointer(context, builder, ty[6], args[6]))
+    return numba.types.void(x, x_at, sal, s_at, k, pos_bits, acc), codegen
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _tables(x, groups, g0, g1, pos_bits, n_codes):
+def _tables(x, groups, g0, g1):
     """Per call, from one row x (in,), for row-groups g0 .. g1: T (sign bytes, 256): T[b, byte] = Σ of the
-    activations whose bits are set in `byte`, among the 8 columns sign byte b covers; X (groups,): each
-    row-group's Σ x; and, for codes of at most 4 bits, P (groups, n_codes << pos_bits, 2): P[g, entry] =
-    (code·x, x) at the entry's position."""
+    activations whose bits are set in `byte`, among the 8 columns sign byte b covers; and X (groups,): each
+    row-group's Σ x."""
     base = groups[g0, 2]
     T = np.zeros((groups[g1 - 1, 3] - base, 256), np.float32)
     X = np.zeros(g1 - g0, np.float32)
-    P = np.zeros((g1 - g0, n_codes << pos_bits if n_codes <= 16 else 0, 2), np.float32)
     for g in numba.prange(g0, g1):
         col, w, b0, b1 = groups[g, 0], groups[g, 1], groups[g, 2], groups[g, 3]
         for j in range(w):
@@ -266,50 +417,29 @@ def _tables(x, groups, g0, g1, pos_bits, n_codes):
                 h = 1 << t
                 for i in range(h):
                     T[b - base, h + i] = T[b - base, i] + xv
-        if P.shape[1]:
-            for c in range(n_codes):
-                for j in range(w):
-                    P[g - g0, (c << pos_bits) | j, 0] = c * x[col + j]
-                    P[g - g0, (c << pos_bits) | j, 1] = x[col + j]
-    return T, X, P
+    return T, X
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _gemv(x, T, X, P, g0, g1, signs, sal, const, groups, pos_bits, y):
+def _gemv(x, T, X, g0, g1, signs, sal, const, groups, pos_bits, y):
     """y (blocks·LANES,) += the part of W @ x from row-groups g0 .. g1, for one row x (in,); one block of 16
     output channels per parallel step."""
-    blocks, L = signs.shape[0], LANES      # a constant: the lane loops unroll
-    pmask = (1 << pos_bits) - 1
+    blocks, L = signs.shape[0], LANES
+    n_sign, n_sal = signs.shape[1], sal.shape[1]
     base = groups[g0, 2]
     for r in numba.prange(blocks):
         plus = np.empty(L, np.float32)       # per lane: Σ x over the μ+α weights,
-        code = np.empty(L, np.float32)       # Σ code·x and Σ x over the salient ones
-        sx = np.empty(L, np.float32)
+        sums = np.empty(2 * L, np.float32)   # Σ code·x and Σ x over the salient ones
         acc = np.zeros(L, np.float32)
         for g in range(g0, g1):
             col, b0, b1, s0, k = groups[g, 0], groups[g, 2], groups[g, 3], groups[g, 4], groups[g, 5]
             plus[:] = 0
-            code[:] = 0
-            sx[:] = 0
-            for b in range(b0, b1):
-                for lane in range(L):
-                    plus[lane] += T[b - base, signs[r, b, lane]]
-            if P.shape[1]:                   # ≤ 4-bit codes: the entry indexes a table of (code·x, x)
-                for i in range(s0, s0 + k):
-                    for lane in range(L):
-                        e = sal[r, i, lane]
-                        code[lane] += P[g - g0, e, 0]
-                        sx[lane] += P[g - g0, e, 1]
-            else:
-                for i in range(s0, s0 + k):
-                    for lane in range(L):
-                        e = np.int64(sal[r, i, lane])
-                        xv = x[col + (e & pmask)]
-                        code[lane] += np.float32(e >> pos_bits) * xv
-                        sx[lane] += xv
+            sums[:] = 0
+            _plus_sums(T, (b0 - base) * 256, signs, (r * n_sign + b0) * L, b1 - b0, plus)
+            _salient_sums(x, col, sal, (r * n_sal + s0) * L, k, pos_bits, sums)
             for lane in range(L):
                 acc[lane] += (const[r, g, 0, lane] * plus[lane] + const[r, g, 1, lane] * X[g - g0]
-                              + const[r, g, 2, lane] * code[lane] - const[r, g, 3, lane] * sx[lane])
+                              + const[r, g, 2, lane] * sums[lane] - const[r, g, 3, lane] * sums[L + lane])
         for lane in range(L):
             y[r * L + lane] += acc[lane]
 
@@ -352,10 +482,11 @@ def numba_matmul(x: torch.Tensor, lay: dict) -> torch.Tensor:
         y = np.zeros((M, blocks * LANES), np.float32)
         ng = len(lay["groups"])
         for m, xm in enumerate(x2.numpy()):
-            for g0 in range(0, ng, CHUNK_GROUPS):    # a chunk's tables stay in L2: ~1 MB for 32 row-groups
-                g1 = min(ng, g0 + CHUNK_GROUPS)
-                T, X, P = _tables(xm, lay["groups"], g0, g1, lay["pos_bits"], lay["n_codes"])
-                _gemv(xm, T, X, P, g0, g1, *args, y[m])
+            chunks = -(-ng // CHUNK_GROUPS)          # equal chunks, so that each one's tables stay in L2
+            for g0, g1 in zip(range(chunks), range(1, chunks + 1)):
+                g0, g1 = g0 * ng // chunks, g1 * ng // chunks
+                T, X = _tables(xm, lay["groups"], g0, g1)
+                _gemv(xm, T, X, g0, g1, *args, y[m])
         y = torch.from_numpy(y[:, :out])
     else:
         y = torch.empty(M, out)
@@ -595,16 +726,16 @@ def asm_census() -> dict:
     lay = random_cpu_layout(40, 200)
     x = np.random.default_rng(0).standard_normal(200).astype(np.float32)
     ng = len(lay["groups"])
-    tables = _tables(x, lay["groups"], 0, ng, lay["pos_bits"], lay["n_codes"])
+    tables = _tables(x, lay["groups"], 0, ng)
     lists = lay["signs"], lay["sal"], lay["const"], lay["groups"], lay["pos_bits"]
     census = {}
-    for fn, args in ((_tables, (x, lay["groups"], 0, ng, lay["pos_bits"], lay["n_codes"])),
+    for fn, args in ((_tables, (x, lay["groups"], 0, ng)),
                      (_gemv, (x, *tables, 0, ng, *lists, np.zeros(lay["signs"].shape[0] * LANES, np.float32))),
                      (_decode_rows, (*lists, 0, np.empty((LANES, 200), np.float32)))):
         fresh = numba.njit(parallel=True, fastmath=True)(fn.py_func)
         fresh(*args)
         asm = fresh.inspect_asm(fresh.signatures[0])
-        census[fn.__name__] = {reg: asm.count(reg) for reg in ("zmm", "ymm", "xmm", "gather")}
+        census[fn.__name__] = {reg: asm.count(reg) for reg in ("zmm", "ymm", "xmm", "vgatherdps", "vgatherq")}
     return census
 
 

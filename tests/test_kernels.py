@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,26 @@ def test_the_tiled_path_for_large_batches_matches_too():
         finally:
             kernels.TILE_BYTES = old
         assert rel_err(y, x.double() @ kernels.dequantize(t, spec).double().T) < 1e-5
+
+
+def test_the_table_kernel_in_several_chunks_of_row_groups_matches_too():
+    t, spec = random_linear(35, 7 * 128 + 40)       # 8 row-groups, the last one 40 wide
+    lay = kernels.cpu_layout(t, spec)
+    for chunk in (3, 5, 100):                        # chunks of 2-3, of 4, and all 8 at once
+        old, kernels.CHUNK_GROUPS = kernels.CHUNK_GROUPS, chunk
+        try:
+            x = torch.randn(2, 7 * 128 + 40, generator=torch.Generator().manual_seed(1))
+            y = kernels.numba_matmul(x, lay)
+        finally:
+            kernels.CHUNK_GROUPS = old
+        assert rel_err(y, x.double() @ kernels.dequantize(t, spec).double().T) < 1e-5, chunk
+
+
+@pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else True,
+                    reason="vector gathers need AVX2 (x86)")
+def test_the_table_kernel_compiles_to_vector_gathers():
+    census = kernels.asm_census()
+    assert census["_gemv"]["vgatherdps"] >= 2          # the sign-table lookups and the salient activations
 
 
 def test_numba_rejects_what_it_cannot_hold():
