@@ -190,7 +190,7 @@ def group_table(spec: dict) -> torch.Tensor:
 
 LANES = 16               # rows interleaved per block of the CPU layout (the IR below is written for 16)
 SMALL_BATCH = 4          # up to this many rows of x: the table kernel; above: decoded tiles and BLAS
-TILE_BYTES = 1 << 20     # one decoded tile of rows: about L2-sized
+TILE_BYTES = 1 << 20     # one decoded tile of rows (transposed): about L2-sized
 CHUNK_GROUPS = 96        # at most this many row-groups per pass of the table kernel: ≤ 1.5 MB of tables, in L2
 
 
@@ -256,6 +256,8 @@ def cpu_layout(tensors: dict, spec: dict) -> dict:
 #   sq10_plus(T, signs, n, acc):  acc[l] += Σ_{b<n} T[256·b + signs[16·b + l]]             (T: n rows of 256)
 #   sq10_salient(x, sal, k, pos_bits, acc): with e = sal[16·i + l], p = e & (2^pos_bits − 1), c = e >> pos_bits,
 #                                 acc[l] += Σ_{i<k} c·x[p],  acc[16 + l] += Σ_{i<k} x[p]
+#   sq10_expand(signs, w, const, dst, stride):   the tile path's decoding of the binary weights, 16 rows at once:
+#                                 dst[j·stride + l] = const[16 + l] + const[l]·(bit j of row l),   j < w
 # Both also prefetch their stream a few row-groups ahead (2 KB of sign bytes, 4 KB of entries; a prefetch never
 # faults, so running past the end is harmless): with the weights coming from DRAM, as they do in a model,
 # that took the 11008×4096 product from 3.4 to 2.2 ms here — the gathers otherwise leave the hardware
@@ -265,7 +267,8 @@ _GATHER_IR = r"""
 declare <16 x float> @llvm.masked.gather.v16f32.v16p0(<16 x ptr>, i32 immarg, <16 x i1>, <16 x float>)
 declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)
 declare void @llvm.prefetch.p0(ptr, i32 immarg, i32 immarg, i32 immarg)
-@llvm.used = appending global [2 x ptr] [ptr @sq10_plus, ptr @sq10_salient], section "llvm.metadata"
+@llvm.used = appending global [3 x ptr] [ptr @sq10_plus, ptr @sq10_salient, ptr @sq10_expand],
+                            section "llvm.metadata"
 
 define linkonce_odr void @sq10_plus(ptr %T, ptr %signs, i64 %n, ptr %acc) alwaysinline {
 entry:
@@ -335,6 +338,36 @@ done:
   %rs = phi <16 x float> [%s0, %entry], [%s1, %loop]
   store <16 x float> %rc, ptr %acc, align 4
   store <16 x float> %rs, ptr %sxp, align 4
+  ret void
+}
+define linkonce_odr void @sq10_expand(ptr %signs, i64 %w, ptr %const, ptr %dst, i64 %stride) alwaysinline {
+entry:
+  %a = load <16 x float>, ptr %const, align 4
+  %lowp = getelementptr float, ptr %const, i64 16
+  %low = load <16 x float>, ptr %lowp, align 4
+  %none = icmp eq i64 %w, 0
+  br i1 %none, label %done, label %loop
+loop:
+  %j = phi i64 [0, %entry], [%j1, %loop]
+  %byte = lshr i64 %j, 3
+  %at = mul i64 %byte, 16
+  %bytep = getelementptr i8, ptr %signs, i64 %at
+  %bytes = load <16 x i8>, ptr %bytep, align 1
+  %t = and i64 %j, 7
+  %t8 = trunc i64 %t to i8
+  %tv0 = insertelement <16 x i8> poison, i8 %t8, i64 0
+  %tv = shufflevector <16 x i8> %tv0, <16 x i8> poison, <16 x i32> zeroinitializer
+  %shifted = lshr <16 x i8> %bytes, %tv
+  %bit = trunc <16 x i8> %shifted to <16 x i1>
+  %bitf = uitofp <16 x i1> %bit to <16 x float>
+  %v = call fast <16 x float> @llvm.fma.v16f32(<16 x float> %a, <16 x float> %bitf, <16 x float> %low)
+  %rowat = mul i64 %j, %stride
+  %rowp = getelementptr float, ptr %dst, i64 %rowat
+  store <16 x float> %v, ptr %rowp, align 4
+  %j1 = add i64 %j, 1
+  %more = icmp ult i64 %j1, %w
+  br i1 %more, label %loop, label %done
+done:
   ret void
 }
 """.replace("ALL", _ALL)
@@ -444,30 +477,41 @@ def _gemv(x, T, X, g0, g1, signs, sal, const, groups, pos_bits, y):
             y[r * L + lane] += acc[lane]
 
 
+@numba.extending.intrinsic
+def _expand_signs(typingctx, signs, s_at, w, const, c_at, dst, d_at, stride):
+    """dst.flat[d_at + j·stride + lane] = μ−α + 2α·(bit j), j < w, for the 16 rows of one block  (sq10_expand)."""
+    if not _c_arrays((signs, numba.types.uint8), (const, numba.types.float32), (dst, numba.types.float32)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = sig.args
+        return _call_ir(context, builder, "sq10_expand", _pointer(context, builder, ty[0], args[0], args[1], ty[1]),
+                        context.cast(builder, args[2], ty[2], numba.types.int64),
+                        _pointer(context, builder, ty[3], args[3], args[4], ty[4]),
+                        _pointer(context, builder, ty[5], args[5], args[6], ty[6]),
+                        context.cast(builder, args[7], ty[7], numba.types.int64))
+    return numba.types.void(signs, s_at, w, const, c_at, dst, d_at, stride), codegen
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _decode_rows(signs, sal, const, groups, pos_bits, r0, W):
-    """Blocks r0, r0+1, ... of the weight decoded into the float32 tile W (rows, in): row i of W is row
-    r0·LANES + i of the weight."""
+def _decode_tile(signs, sal, const, groups, pos_bits, r0, WT):
+    """Blocks r0, r0+1, ... of the weight decoded, transposed, into the float32 tile WT (in, cols): column c of
+    WT is row r0·LANES + c of the weight. Transposed so that a block's 16 rows are 16 adjacent floats: the
+    binary weights go in as one 16-wide store per column (sq10_expand), the salient ones one by one."""
     ng, L = groups.shape[0], LANES
+    n_sign, ng4, cols = signs.shape[1], 4 * groups.shape[0], WT.shape[1]
     pmask = (1 << pos_bits) - 1
-    for i in numba.prange(W.shape[0]):
-        r, lane = r0 + i // L, i % L
+    for rb in numba.prange(cols // L):
+        r, c0 = r0 + rb, rb * L
         for g in range(ng):
             col, w, b0, b1, s0, k = groups[g, 0], groups[g, 1], groups[g, 2], groups[g, 3], groups[g, 4], groups[g, 5]
-            a, low = const[r, g, 0, lane], const[r, g, 1, lane]
-            for b in range(b0, b1):
-                byte = np.int32(signs[r, b, lane])
-                j0 = col + 8 * (b - b0)
-                if j0 + 8 <= col + w:
-                    for t in range(8):
-                        W[i, j0 + t] = low + a * np.float32((byte >> t) & 1)
-                else:
-                    for t in range(col + w - j0):
-                        W[i, j0 + t] = low + a * np.float32((byte >> t) & 1)
-            scale, offset = const[r, g, 2, lane], const[r, g, 3, lane] - low   # salient: scale·code − scale·zero
+            if b1 > b0:
+                _expand_signs(signs, (r * n_sign + b0) * L, w, const, (r * ng4 + 4 * g) * L, WT, col * cols + c0, cols)
             for q in range(s0, s0 + k):
-                e = np.int64(sal[r, q, lane])
-                W[i, col + (e & pmask)] = scale * np.float32(e >> pos_bits) - offset
+                for lane in range(L):
+                    e = np.int64(sal[r, q, lane])
+                    WT[col + (e & pmask), c0 + lane] = (const[r, g, 2, lane] * np.float32(e >> pos_bits)
+                                                        - (const[r, g, 3, lane] - const[r, g, 1, lane]))
 
 
 def numba_matmul(x: torch.Tensor, lay: dict) -> torch.Tensor:
@@ -491,12 +535,13 @@ def numba_matmul(x: torch.Tensor, lay: dict) -> torch.Tensor:
     else:
         y = torch.empty(M, out)
         step = max(1, TILE_BYTES // (4 * n_in * LANES))               # blocks per tile
-        tile = torch.empty(min(step, blocks) * LANES, n_in)
+        tile = torch.empty(n_in, min(step, blocks) * LANES)
         for r0 in range(0, blocks, step):
             n0, n1 = r0 * LANES, min(out, (r0 + step) * LANES)
-            W = tile[:min(step, blocks - r0) * LANES]
-            _decode_rows(*args, r0, W.numpy())
-            y[:, n0:n1] = x2 @ W[:n1 - n0].T
+            nb = min(step, blocks - r0)
+            WT = tile if nb * LANES == tile.shape[1] else torch.empty(n_in, nb * LANES)     # the last, narrower one
+            _decode_tile(*args, r0, WT.numpy())
+            y[:, n0:n1] = x2 @ WT[:, :n1 - n0]
     return y.to(x.dtype).reshape(*x.shape[:-1], out)
 
 
@@ -731,7 +776,7 @@ def asm_census() -> dict:
     census = {}
     for fn, args in ((_tables, (x, lay["groups"], 0, ng)),
                      (_gemv, (x, *tables, 0, ng, *lists, np.zeros(lay["signs"].shape[0] * LANES, np.float32))),
-                     (_decode_rows, (*lists, 0, np.empty((LANES, 200), np.float32)))):
+                     (_decode_tile, (*lists, 0, np.empty((200, 3 * LANES), np.float32)))):
         fresh = numba.njit(parallel=True, fastmath=True)(fn.py_func)
         fresh(*args)
         asm = fresh.inspect_asm(fresh.signatures[0])
