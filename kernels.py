@@ -185,11 +185,15 @@ def group_table(spec: dict) -> torch.Tensor:
 # time: the README's "Kernels" section has the history), so the two loops are written in LLVM IR below and
 # called from numba as intrinsics; everything around them is ordinary numba. `llvm.masked.gather` is LLVM's
 # portable gather: on a CPU without AVX-512 it becomes two 8-wide AVX2 gathers, or scalar loads.
-# Batches larger than SMALL_BATCH skip the tables: tiles of rows are decoded to float32 in cache and
-# multiplied by BLAS, so prefill runs near dense speed while no dense weight matrix ever exists whole.
+# Larger batches (above SMALL_BATCH rows, BIG_LAYER_BATCH for the big layers) skip the tables: tiles of rows are
+# decoded to float32 in cache (transposed: `_decode_tile`) and multiplied by BLAS, so prefill runs near dense
+# speed while no dense weight matrix ever exists whole.
 
 LANES = 16               # rows interleaved per block of the CPU layout (the IR below is written for 16)
-SMALL_BATCH = 4          # up to this many rows of x: the table kernel; above: decoded tiles and BLAS
+SMALL_BATCH = 4          # up to this many rows of x: the table kernel; above: decoded tiles and BLAS ...
+BIG_LAYER_BATCH = 10     # ... or up to this many for a layer of at least 2^24 weights. Measured here, both paths
+                         # forced, 11008×4096 at 5/8/12/16 rows: tables 12/19/27/37 ms, tiles 27/29/33/37 ms;
+                         # 576×576 at 5 rows: tables 0.25 ms, tiles 0.19 ms
 TILE_BYTES = 1 << 20     # one decoded tile of rows (transposed): about L2-sized
 CHUNK_GROUPS = 96        # at most this many row-groups per pass of the table kernel: ≤ 1.5 MB of tables, in L2
 
@@ -522,7 +526,7 @@ def numba_matmul(x: torch.Tensor, lay: dict) -> torch.Tensor:
     x2 = x.reshape(-1, n_in).to(torch.float32).contiguous()
     M, blocks = x2.shape[0], lay["signs"].shape[0]
     args = lay["signs"], lay["sal"], lay["const"], lay["groups"], lay["pos_bits"]
-    if M <= SMALL_BATCH:          # one row of x at a time: the tables are per row
+    if M <= (BIG_LAYER_BATCH if out * n_in >= 1 << 24 else SMALL_BATCH):   # one row of x at a time
         y = np.zeros((M, blocks * LANES), np.float32)
         ng = len(lay["groups"])
         for m, xm in enumerate(x2.numpy()):
