@@ -663,7 +663,9 @@ def load_checkpoint(path=None, device="cpu", dtype=torch.float32) -> Transformer
 
 
 def num_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """Parameters, counting each QuantLinear's weight as the out × in numbers it stands for."""
+    quantized = sum(m.out_features * m.in_features for m in model.modules() if isinstance(m, QuantLinear))
+    return quantized + sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 if __name__ == "__main__":

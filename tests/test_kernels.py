@@ -186,6 +186,7 @@ def test_a_packed_checkpoint_loads_as_quantlinears_without_dense_weights(packed)
     assert not any(isinstance(mod, torch.nn.Linear) for layer in m.layers for mod in layer.modules())
     assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for n, p in m.named_parameters()
                                                          if not n.startswith("layers.") or "norm" in n)
+    assert llama.num_params(m) == llama.num_params(llama.load_checkpoint(packed / "tiny.gguf"))  # weights it stands for
 
 
 def test_perplexity_through_the_kernels_equals_the_reference_path(packed, capsys):
