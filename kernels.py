@@ -211,48 +211,79 @@ def cpu_layout(tensors: dict, spec: dict) -> dict:
       sal    uint16 (blocks, Σ k, 16)           code << pos_bits | position, each row-group's in column order
       const  fp32   (blocks, ng, 4, 16)         2α, μ−α, scale, scale·zero + μ−α
       groups int64  (ng, 6)                     first column, width, sign bytes [start, end), first entry, k
-    Rows are interleaved in blocks of LANES (the last axis)."""
+    Rows are interleaved in blocks of LANES (the last axis). A row-group whose count of salient weights is not
+    its k (a damaged file) is a ValueError."""
     check_spec(spec, tensors)
     out, n_in = spec["shape"]
     G, hb, layout = spec["group_size"], spec["high_bits"], spec["layout"]
     pos_bits = max(1, (G - 1).bit_length())
     if pos_bits + hb > 16:
         raise ValueError(f"group_size {G} with {hb}-bit codes does not fit the numba kernel's 16-bit entries")
-    signs, sal, const, groups = [], [], [], []
-    sign_at = sal_at = 0
-    for (col, w, state_at, high_at, k) in group_table(spec).tolist():
-        g = len(groups)
-        if layout == "trits":
-            states = unpack_trits(tensors["trits"][:, state_at:state_at + trit_bytes(w)], w)
-            plus, salient = states == 1, states == 2
-        elif layout == "signs":
-            plus = unpack_bits(tensors["signs"][:, state_at:state_at + bit_bytes(w, 1)], 1, w) == 1
-            salient = torch.zeros_like(plus)
-        else:
-            plus, salient = None, torch.ones(out, w, dtype=torch.bool)
-        nsign = 0 if plus is None else bit_bytes(w, 1)
-        if nsign:
-            bits = torch.nn.functional.pad(plus.to(torch.int32), (0, nsign * 8 - w)).reshape(out, nsign, 8)
-            signs.append((bits << torch.arange(8, dtype=torch.int32)).sum(-1))
-        if k:
-            position = salient.nonzero()[:, 1].reshape(out, k)             # row-major: each row's in column order
-            code = unpack_bits(tensors["high"][:, high_at:high_at + bit_bytes(k, hb)], hb, k)
-            sal.append((code << pos_bits) | position)
-        mu = alpha = scale = zero = torch.zeros(out)
-        if layout != "grid":
-            mu, alpha = tensors["binary"][:, g, 0].float(), tensors["binary"][:, g, 1].float()
-        if layout != "signs":
-            scale, zero = tensors["scale"][:, g].float(), tensors["zero"][:, g].float()
-        const.append(torch.stack([2 * alpha, mu - alpha, scale, scale * zero + (mu - alpha)], 1))
-        groups.append([col, w, sign_at, sign_at + nsign, sal_at, k])
-        sign_at, sal_at = sign_at + nsign, sal_at + k
+    table = group_table(spec).numpy().astype(np.int64)                       # col, w, state_at, high_at, k
+    nsign = np.array([0 if layout == "grid" else bit_bytes(w, 1) for w in table[:, 1]], dtype=np.int64)
+    sign_at = np.concatenate([[0], np.cumsum(nsign)])
+    sal_at = np.concatenate([[0], np.cumsum(table[:, 4])])
+    groups = np.stack([table[:, 0], table[:, 1], sign_at[:-1], sign_at[1:], sal_at[:-1], table[:, 4]], 1)
+    empty = np.zeros((out, 0), np.uint8)
+    state = tensors[layout].numpy() if layout != "grid" else empty
+    high = tensors["high"].numpy() if "high" in tensors else empty
+    signs, sal = np.zeros((out, sign_at[-1]), np.uint8), np.zeros((out, sal_at[-1]), np.uint16)
+    bad = _repack(state, high, table, LAYOUTS.index(layout), hb, pos_bits, groups, signs, sal)
+    if bad >= 0:
+        r, g = divmod(bad, len(table))
+        raise ValueError(f"row {r}, row-group {g}: its states do not mark exactly k = {table[g, 4]} salient weights")
+    ng, zeros = len(table), torch.zeros(out, len(table))
+    mu, alpha = tensors["binary"].float().unbind(-1) if layout != "grid" else (zeros, zeros)
+    scale, zero = (tensors["scale"].float(), tensors["zero"].float()) if layout != "signs" else (zeros, zeros)
+    const = torch.stack([2 * alpha, mu - alpha, scale, scale * zero + (mu - alpha)], -1).reshape(out, ng, 4)
+    return dict(signs=interleave(torch.from_numpy(signs)), const=interleave(const),
+                sal=interleave(torch.from_numpy(sal.view(np.int16))).view(np.uint16),   # (few uint16 ops in torch)
+                groups=groups, pos_bits=pos_bits, n_codes=1 << hb, shape=(out, n_in))
 
-    def joined(parts, dtype):
-        return torch.cat(parts, 1).to(dtype) if parts else torch.zeros(out, 0, dtype=dtype)
-    return dict(signs=interleave(joined(signs, torch.uint8)),
-                sal=interleave(joined(sal, torch.int32)).astype(np.uint16),
-                const=interleave(torch.stack(const, 1)), groups=np.array(groups, dtype=np.int64),
-                pos_bits=pos_bits, n_codes=1 << hb, shape=(out, n_in))
+
+@numba.njit(parallel=True, cache=True)
+def _repack(state, high, table, layout, hb, pos_bits, groups, signs, sal):
+    """The file's per-weight states (trits: 0 = μ−α, 1 = μ+α, 2 = salient; signs: bits; grid: all salient) and
+    codes -> sign bits and (code << pos_bits | position) entries, one row per parallel step. Returns -1, or
+    row · ng + row-group of the first row-group whose salient count is not k (in a row that came first).
+    Branch-free where the states decide (they are random: a branch on them mispredicts half the time)."""
+    rows, ng = signs.shape[0], table.shape[0]
+    bad = np.full(rows, -1, np.int64)
+    for r in numba.prange(rows):
+        position = np.empty(table[:, 1].max() + 1, np.int64)
+        for g in range(ng):
+            w, state_at, high_at, k = table[g, 1], table[g, 2], table[g, 3], table[g, 4]
+            sign_at, sal_at = groups[g, 2], groups[g, 4]
+            n, v, byte = 0, 0, 0
+            for j in range(w):
+                if layout == 0:                      # five base-3 digits per byte, least significant first
+                    if j % 5 == 0:
+                        v = np.int64(state[r, state_at + j // 5])
+                    d = v % 3
+                    v //= 3
+                elif layout == 1:
+                    d = (np.int64(state[r, state_at + j // 8]) >> (j % 8)) & 1
+                else:
+                    d = 2
+                byte |= np.int64(d == 1) << (j % 8)
+                if j % 8 == 7 or j == w - 1:
+                    if layout != 2:
+                        signs[r, sign_at + j // 8] = byte
+                    byte = 0
+                position[min(n, w)] = j              # compaction: kept only if salient
+                n += np.int64(d == 2)
+            if n != k:
+                bad[r] = g if bad[r] < 0 else bad[r]
+            for i in range(min(n, k)):
+                code = 0
+                for q in range(hb):                  # bit i·hb + q of the row-group's code stream
+                    bit = i * hb + q
+                    code |= ((np.int64(high[r, high_at + bit // 8]) >> (bit % 8)) & 1) << q
+                sal[r, sal_at + i] = (code << pos_bits) | position[i]
+    for r in range(rows):
+        if bad[r] >= 0:
+            return r * ng + bad[r]
+    return -1
 
 
 # The two gather loops, in LLVM IR (opaque pointers, as numba ≥ 0.68's llvmlite reads them). `acc` holds 16 floats,

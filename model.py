@@ -629,7 +629,10 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
         if [linear.out_features, linear.in_features] != list(spec["shape"]):
             raise CheckpointError(f"{where}: {prefix} is packed as {spec['shape']}, the config implies "
                                   f"{[linear.out_features, linear.in_features]}")
-        setattr(model.get_submodule(parent), leaf, QuantLinear(spec, {n: t.to(device) for n, t in read().items()}))
+        try:
+            setattr(model.get_submodule(parent), leaf, QuantLinear(spec, {n: t.to(device) for n, t in read().items()}))
+        except ValueError as e:            # what cpu_layout finds wrong in the bytes themselves
+            raise CheckpointError(f"{where}: {prefix}: {_first_line(e)}") from None
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items() if p.is_meta}
     missing = sorted(expected.keys() - tensors.keys())
     if missing:

@@ -126,6 +126,13 @@ def test_the_table_kernel_compiles_to_vector_gathers():
     assert census["_gemv"]["vgatherdps"] >= 2          # the sign-table lookups and the salient activations
 
 
+def test_a_row_group_with_the_wrong_salient_count_is_refused_by_name():
+    t, spec = random_linear(20, 300)
+    t["trits"][13, 26] = 242                           # row 13, weights 130-134 (row-group 1) all salient now
+    with pytest.raises(ValueError, match=r"row 13, row-group 1: .* exactly k = 26 salient"):
+        kernels.cpu_layout(t, spec)
+
+
 def test_numba_rejects_what_it_cannot_hold():
     t, spec = random_linear(4, 64, "trits", 8, group_size=512)
     with pytest.raises(ValueError, match="16-bit entries"):
@@ -187,6 +194,19 @@ def test_a_packed_checkpoint_loads_as_quantlinears_without_dense_weights(packed)
     assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for n, p in m.named_parameters()
                                                          if not n.startswith("layers.") or "norm" in n)
     assert llama.num_params(m) == llama.num_params(llama.load_checkpoint(packed / "tiny.gguf"))  # weights it stands for
+
+
+def test_a_packed_file_with_damaged_states_gives_one_line(packed, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(packed / "q.safetensors"), "pt") as f:
+        tensors, metadata = {n: f.get_tensor(n) for n in f.keys()}, f.metadata()
+    trits = tensors["layers.1.feed_forward.w2.trits"]
+    trits[0, 0] = 242 if trits[0, 0] != 242 else 0     # five weights' states changed: the salient count is off
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    assert ev.main(["--ckpt", str(tmp_path / "bad.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "layers.1.feed_forward.w2: row 0, row-group 0" in err and err.count("\n") == 1
 
 
 def test_perplexity_through_the_kernels_equals_the_reference_path(packed, capsys):
