@@ -286,19 +286,20 @@ def _repack(state, high, table, layout, hb, pos_bits, groups, signs, sal):
     return -1
 
 
-# The two gather loops, in LLVM IR (opaque pointers, as numba ≥ 0.68's llvmlite reads them). `acc` holds 16 floats,
-# one per lane (= output row of the block), loaded at entry and stored back at exit:
+# The kernels' innermost loops, in LLVM IR (opaque pointers, as numba ≥ 0.68's llvmlite reads them), called from
+# numba through the intrinsics below. `acc` holds 16 floats, one per lane (= output row of the block), loaded at
+# entry and stored back at exit:
 #   sq10_plus(T, signs, n, acc):  acc[l] += Σ_{b<n} T[256·b + signs[16·b + l]]             (T: n rows of 256)
 #   sq10_salient(x, sal, k, pos_bits, acc): with e = sal[16·i + l], p = e & (2^pos_bits − 1), c = e >> pos_bits,
 #                                 acc[l] += Σ_{i<k} c·x[p],  acc[16 + l] += Σ_{i<k} x[p]
 #   sq10_expand(signs, w, const, dst, stride):   the tile path's decoding of the binary weights, 16 rows at once:
 #                                 dst[j·stride + l] = const[16 + l] + const[l]·(bit j of row l),   j < w
-# Both also prefetch their stream a few row-groups ahead (2 KB of sign bytes, 4 KB of entries; a prefetch never
-# faults, so running past the end is harmless): with the weights coming from DRAM, as they do in a model,
-# that took the 11008×4096 product from 3.4 to 2.2 ms here — the gathers otherwise leave the hardware
-# prefetchers behind. The T rows and the activations they gather from stay in L1/L2.
+# The two gather loops also prefetch their stream a few row-groups ahead (2 KB of sign bytes, 4 KB of entries;
+# a prefetch never faults, so running past the end is harmless): with the weights coming from DRAM, as they do
+# in a model, that took the 11008×4096 product from 3.4 to 2.2 ms here — the gathers otherwise leave the
+# hardware prefetchers behind. The T rows and the activations they gather from stay in L1/L2.
 _ALL = "<" + ", ".join(["i1 true"] * 16) + ">"
-_GATHER_IR = r"""
+_LOOPS_IR = r"""
 declare <16 x float> @llvm.masked.gather.v16f32.v16p0(<16 x ptr>, i32 immarg, <16 x i1>, <16 x float>)
 declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)
 declare void @llvm.prefetch.p0(ptr, i32 immarg, i32 immarg, i32 immarg)
@@ -408,62 +409,66 @@ done:
 """.replace("ALL", _ALL)
 
 
-def _link_gathers(context):
-    """Put _GATHER_IR into the library numba is building (once per library: numba links each compiled function's
+def _link_ir(context):
+    """Put _LOOPS_IR into the library numba is building (once per library: numba links each compiled function's
     code into one; the cache stores the result as machine code)."""
     library = context.active_code_library
-    if not getattr(library, "_sq10_gathers", False):
-        library.add_llvm_module(llvm.parse_assembly(_GATHER_IR))
-        library._sq10_gathers = True
+    if not getattr(library, "_sq10_loops", False):
+        library.add_llvm_module(llvm.parse_assembly(_LOOPS_IR))
+        library._sq10_loops = True
 
 
-def _call_ir(context, builder, name, *values):
-    _link_gathers(context)
-    fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [v.type for v in values])
-    builder.call(numba.core.cgutils.get_or_insert_function(builder.module, fnty, name), values)
-    return context.get_dummy_value()
+def _ir_call(name: str, params: tuple, *args):
+    """The typing and code generation of a numba intrinsic that calls _LOOPS_IR's function `name`, for argument
+    types `args`. One entry of `params` per IR argument: "i32" or "i64", an integer; or a numpy dtype name, an
+    array of it (C-contiguous) which the caller follows with a flat element offset: the IR gets a pointer to
+    that element. None (no match) when an array is of another kind."""
+    at = 0
+    for p in params:
+        if p not in ("i32", "i64"):
+            a = args[at]
+            if not (isinstance(a, numba.types.Array) and a.dtype == getattr(numba.types, p) and a.layout == "C"):
+                return None
+            at += 1
+        at += 1
 
-
-def _pointer(context, builder, ty, array, at=None, at_ty=None):
-    """Pointer to an array's element at flat offset `at` (a C-contiguous array's data pointer, advanced)."""
-    data = context.make_array(ty)(context, builder, array).data
-    return data if at is None else builder.gep(data, [context.cast(builder, at, at_ty, numba.types.int64)])
-
-
-def _c_arrays(*pairs):
-    return all(isinstance(a, numba.types.Array) and a.dtype == dt and a.layout == "C" for a, dt in pairs)
+    def codegen(context, builder, sig, values):
+        _link_ir(context)
+        ir_args, at = [], 0
+        for p in params:
+            if p in ("i32", "i64"):
+                ir_args.append(context.cast(builder, values[at], sig.args[at], getattr(numba.types, "int" + p[1:])))
+            else:
+                data = context.make_array(sig.args[at])(context, builder, values[at]).data
+                at += 1
+                ir_args.append(builder.gep(data, [context.cast(builder, values[at], sig.args[at], numba.types.int64)]))
+            at += 1
+        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [v.type for v in ir_args])
+        builder.call(numba.core.cgutils.get_or_insert_function(builder.module, fnty, name), ir_args)
+        return context.get_dummy_value()
+    return numba.types.void(*args), codegen
 
 
 @numba.extending.intrinsic
-def _plus_sums(typingctx, T, t_at, signs, s_at, n, acc):
-    """acc[0:16] += Σ_{b<n} T.flat[t_at + 256·b + signs.flat[s_at + 16·b + lane]]  (sq10_plus)."""
-    if not _c_arrays((T, numba.types.float32), (signs, numba.types.uint8), (acc, numba.types.float32)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ty = sig.args
-        return _call_ir(context, builder, "sq10_plus", _pointer(context, builder, ty[0], args[0], args[1], ty[1]),
-                        _pointer(context, builder, ty[2], args[2], args[3], ty[3]),
-                        context.cast(builder, args[4], ty[4], numba.types.int64),
-                        _pointer(context, builder, ty[5], args[5]))
-    return numba.types.void(T, t_at, signs, s_at, n, acc), codegen
+def _plus_sums(typingctx, T, t_at, signs, s_at, n, acc, a_at):
+    """acc.flat[a_at + lane] += Σ_{b<n} T.flat[t_at + 256·b + signs.flat[s_at + 16·b + lane]]."""
+    return _ir_call("sq10_plus", ("float32", "uint8", "i64", "float32"), T, t_at, signs, s_at, n, acc, a_at)
 
 
 @numba.extending.intrinsic
-def _salient_sums(typingctx, x, x_at, sal, s_at, k, pos_bits, acc):
-    """acc[0:16] += Σ_{i<k} code·x, acc[16:32] += Σ_{i<k} x, over the entries sal.flat[s_at + 16·i + lane], the
-    activation of an entry being x.flat[x_at + position]  (sq10_salient)."""
-    if not _c_arrays((x, numba.types.float32), (sal, numba.types.uint16), (acc, numba.types.float32)):
-        return None
+def _salient_sums(typingctx, x, x_at, sal, s_at, k, pos_bits, acc, a_at):
+    """acc.flat[a_at + lane] += Σ_{i<k} code·x, acc.flat[a_at + 16 + lane] += Σ_{i<k} x, over the entries
+    sal.flat[s_at + 16·i + lane], the activation of an entry being x.flat[x_at + position]."""
+    return _ir_call("sq10_salient", ("float32", "uint16", "i64", "i32", "float32"),
+                    x, x_at, sal, s_at, k, pos_bits, acc, a_at)
 
-    def codegen(context, builder, sig, args):
-        ty = sig.args
-        return _call_ir(context, builder, "sq10_salient", _pointer(context, builder, ty[0], args[0], args[1], ty[1]),
-                        _pointer(context, builder, ty[2], args[2], args[3], ty[3]),
-                        context.cast(builder, args[4], ty[4], numba.types.int64),
-                        context.cast(builder, args[5], ty[5], numba.types.int32),
-                        _pointer(context, builder, ty[6], args[6]))
-    return numba.types.void(x, x_at, sal, s_at, k, pos_bits, acc), codegen
+
+@numba.extending.intrinsic
+def _expand_signs(typingctx, signs, s_at, w, const, c_at, dst, d_at, stride):
+    """dst.flat[d_at + j·stride + lane] = μ−α + 2α·(bit j), j < w, for the 16 rows of one block (const.flat[c_at:]
+    holds 2α then μ−α, 16 each)."""
+    return _ir_call("sq10_expand", ("uint8", "i64", "float32", "float32", "i64"),
+                    signs, s_at, w, const, c_at, dst, d_at, stride)
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -503,29 +508,13 @@ def _gemv(x, T, X, g0, g1, signs, sal, const, groups, pos_bits, y):
             col, b0, b1, s0, k = groups[g, 0], groups[g, 2], groups[g, 3], groups[g, 4], groups[g, 5]
             plus[:] = 0
             sums[:] = 0
-            _plus_sums(T, (b0 - base) * 256, signs, (r * n_sign + b0) * L, b1 - b0, plus)
-            _salient_sums(x, col, sal, (r * n_sal + s0) * L, k, pos_bits, sums)
+            _plus_sums(T, (b0 - base) * 256, signs, (r * n_sign + b0) * L, b1 - b0, plus, 0)
+            _salient_sums(x, col, sal, (r * n_sal + s0) * L, k, pos_bits, sums, 0)
             for lane in range(L):
                 acc[lane] += (const[r, g, 0, lane] * plus[lane] + const[r, g, 1, lane] * X[g - g0]
                               + const[r, g, 2, lane] * sums[lane] - const[r, g, 3, lane] * sums[L + lane])
         for lane in range(L):
             y[r * L + lane] += acc[lane]
-
-
-@numba.extending.intrinsic
-def _expand_signs(typingctx, signs, s_at, w, const, c_at, dst, d_at, stride):
-    """dst.flat[d_at + j·stride + lane] = μ−α + 2α·(bit j), j < w, for the 16 rows of one block  (sq10_expand)."""
-    if not _c_arrays((signs, numba.types.uint8), (const, numba.types.float32), (dst, numba.types.float32)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ty = sig.args
-        return _call_ir(context, builder, "sq10_expand", _pointer(context, builder, ty[0], args[0], args[1], ty[1]),
-                        context.cast(builder, args[2], ty[2], numba.types.int64),
-                        _pointer(context, builder, ty[3], args[3], args[4], ty[4]),
-                        _pointer(context, builder, ty[5], args[5], args[6], ty[6]),
-                        context.cast(builder, args[7], ty[7], numba.types.int64))
-    return numba.types.void(signs, s_at, w, const, c_at, dst, d_at, stride), codegen
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -560,10 +549,10 @@ def numba_matmul(x: torch.Tensor, lay: dict) -> torch.Tensor:
     if M <= (BIG_LAYER_BATCH if out * n_in >= 1 << 24 else SMALL_BATCH):   # one row of x at a time
         y = np.zeros((M, blocks * LANES), np.float32)
         ng = len(lay["groups"])
+        chunks = -(-ng // CHUNK_GROUPS)              # equal chunks, so that each one's tables stay in L2
+        bounds = [(c * ng // chunks, (c + 1) * ng // chunks) for c in range(chunks)]
         for m, xm in enumerate(x2.numpy()):
-            chunks = -(-ng // CHUNK_GROUPS)          # equal chunks, so that each one's tables stay in L2
-            for g0, g1 in zip(range(chunks), range(1, chunks + 1)):
-                g0, g1 = g0 * ng // chunks, g1 * ng // chunks
+            for g0, g1 in bounds:
                 T, X = _tables(xm, lay["groups"], g0, g1)
                 _gemv(xm, T, X, g0, g1, *args, y[m])
         y = torch.from_numpy(y[:, :out])
@@ -590,8 +579,6 @@ def numba_matmul(x: torch.Tensor, lay: dict) -> torch.Tensor:
 # weight, and for a salient weight its rank among the salient ones of its row (a cumulative sum), which is the
 # index of its code — and multiplies. Batch ≤ 8: broadcast-multiply and reduce (no tensor cores: the product
 # is a matrix-vector one); larger batches: tl.dot on (BLOCK_M, 128) × (128, BLOCK_N) tiles.
-
-LAYOUT_IDS = {"trits": 0, "signs": 1, "grid": 2}
 
 if triton is not None:
     @triton.jit
@@ -679,7 +666,7 @@ def triton_matmul(x: torch.Tensor, tensors: dict, spec: dict, groups: torch.Tens
         tensors.get("binary", absent), tensors.get("scale", absent), tensors.get("zero", absent), groups,
         M, out, groups.shape[0], x2.stride(0), y.stride(0),
         0 if state is None else state.stride(0), 0 if high is None else high.stride(0),
-        LAYOUT=LAYOUT_IDS[spec["layout"]], HB=spec["high_bits"], BG=triton.next_power_of_2(spec["group_size"]),
+        LAYOUT=LAYOUTS.index(spec["layout"]), HB=spec["high_bits"], BG=triton.next_power_of_2(spec["group_size"]),
         BLOCK_M=block_m, BLOCK_N=block_n, DOT=dot)
     return y.reshape(*x.shape[:-1], out)
 

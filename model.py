@@ -207,7 +207,7 @@ class QuantLinear(nn.Module):
     no dense weight exists. forward() multiplies straight from them:
       auto       Triton on CUDA tensors, numba on the CPU
       reference  kernels.reference_matmul: unpack the whole matrix, then torch.matmul (tests, debugging)
-      numba      kernels.numba_matmul on a CPU repacking of the same bits, made on the first call
+      numba      kernels.numba_matmul on a CPU repacking of the same bits (kernels.cpu_layout), made at load
       triton     kernels.triton_matmul (CUDA; or any device under TRITON_INTERPRET=1)
     fp16 tensors are kept as int16 bit patterns, so `model.to(dtype)` cannot round them."""
     def __init__(self, spec: dict, tensors: dict, backend: str = "auto"):
