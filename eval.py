@@ -84,10 +84,13 @@ def eval_text(args) -> tuple[str, str]:
     kind, *rest = args.data
     if kind == "embedded" and not rest:
         return data.embedded_text("wiki"), "embedded wiki.utf8"
+    if kind == "technical" and not rest:
+        return data.embedded_text("technical"), "embedded technical.utf8"
     if kind in ("wikitext2", "c4") and len(rest) == 1:
         read = data.wikitext2_text if kind == "wikitext2" else data.c4_eval_text
         return read(rest[0]), f"{kind} {rest[0]}"
-    raise data.DataError(f"--data {' '.join(args.data)}: expected 'embedded', 'wikitext2 PATH' or 'c4 PATH'")
+    raise data.DataError(f"--data {' '.join(args.data)}: expected 'embedded', 'technical', 'wikitext2 PATH' or "
+                         "'c4 PATH'")
 
 
 def peak_rss_mb() -> float:
@@ -339,7 +342,7 @@ def main(argv=None):
                                                 "(default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.model or .gguf (default: the checkpoint's own)")
     p.add_argument("--data", nargs="+", default=["embedded"], metavar="SOURCE",
-                   help="embedded (default) | wikitext2 PATH (wiki.test.raw or its directory) | "
+                   help="embedded (default) | technical (the held-out embedded text) | wikitext2 PATH (wiki.test.raw or its directory) | "
                         "c4 PATH (c4-validation.00000-of-00008.json.gz or its directory)")
     p.add_argument("--text", default=None, help="evaluate on this UTF-8 text file instead")
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per window (default 2048)")

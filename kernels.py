@@ -39,8 +39,10 @@ if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":  # el
     except ImportError:
         pass
 
-FORMAT, VERSION = "squeeze10", 1
+FORMAT, VERSION = "squeeze10", 2   # version 1: every linear in LAYOUTS; version 2 adds COLUMNS
+VERSIONS = (1, 2)                  # the versions this file reads
 LAYOUTS = ("trits", "signs", "grid")  # mixed 1/high-bit, all binary, all high-bit (no binary part)
+COLUMNS = "columns"                # version 2: salient input columns shared by blocks of rows
 
 
 def group_widths(n_in: int, group_size: int) -> list[int]:
@@ -94,6 +96,8 @@ def expected_shapes(spec: dict) -> dict:
 
 def check_spec(spec: dict, tensors: dict):
     """Raise ValueError (one line) unless `tensors` are exactly what `spec` implies."""
+    if spec.get("layout") == COLUMNS:
+        return check_columns_spec(spec, tensors)
     if spec.get("layout") not in LAYOUTS:
         raise ValueError(f"unknown layout {spec.get('layout')!r}")
     widths = group_widths(spec["shape"][1], spec["group_size"])
@@ -115,6 +119,8 @@ def check_spec(spec: dict, tensors: dict):
 def dequantize(tensors: dict, spec: dict) -> torch.Tensor:
     """Dense float32 weight (out, in) of one packed linear. `tensors`: the linear's packed tensors by short
     name (trits|signs, high, binary, scale, zero); `spec`: shape, group_size, high_bits, layout, k."""
+    if spec.get("layout") == COLUMNS:
+        return dequantize_columns(tensors, spec)
     check_spec(spec, tensors)
     out, n_in = spec["shape"]
     G, hb, layout = spec["group_size"], spec["high_bits"], spec["layout"]
@@ -149,6 +155,90 @@ def dequantize(tensors: dict, spec: dict) -> torch.Tensor:
     return W
 
 
+# -----------------------------------------------------------------------------
+# Version 2: the "columns" layout (squeeze10.py's docstring draws it)
+#
+# Every block of `block_rows` rows keeps the same k salient input columns, named by one bitmap per block.
+# A row's binary weights follow each other in column order in "signs", its salient codes in "high": with x
+# permuted per block so that the block's binary columns come first, W·x is a dense 1-bit product plus a
+# dense high_bits one. μ, α, scale and zero stay per row-group of `group_size` original columns.
+
+SCALE_DTYPES = {"fp16": torch.float16, "fp8": torch.float8_e4m3fn}
+
+
+def column_blocks(spec: dict) -> int:
+    return math.ceil(spec["shape"][0] / spec["block_rows"])
+
+
+def expected_columns_shapes(spec: dict) -> dict:
+    out, n_in = spec["shape"]
+    k, hb, ng = spec["k"], spec["high_bits"], len(group_widths(n_in, spec["group_size"]))
+    dtype = SCALE_DTYPES[spec["scales"]]
+    return {"columns": ((column_blocks(spec), bit_bytes(n_in, 1)), torch.uint8),
+            "signs": ((out, bit_bytes(n_in - k, 1)), torch.uint8),
+            "high": ((out, bit_bytes(k, hb)), torch.uint8),
+            "binary": ((out, ng, 2), dtype),
+            "scale": ((out, ng), dtype),
+            "zero": ((out, bit_bytes(ng, hb)), torch.uint8)}
+
+
+def check_columns_spec(spec: dict, tensors: dict):
+    """check_spec for the columns layout: the spec's fields, then every tensor's shape and dtype."""
+    out, n_in = spec["shape"]
+    if spec.get("scales") not in SCALE_DTYPES:
+        raise ValueError(f"scales {spec.get('scales')!r}: expected one of {', '.join(SCALE_DTYPES)}")
+    if not isinstance(spec.get("k"), int) or not 0 < spec["k"] < n_in:
+        raise ValueError(f"salient columns {spec.get('k')!r} do not fit {n_in} input columns")
+    if not isinstance(spec.get("block_rows"), int) or not 1 <= spec["block_rows"] <= out:
+        raise ValueError(f"block_rows {spec.get('block_rows')!r} outside 1..{out}")
+    if not 1 <= spec["high_bits"] <= 8 or not isinstance(spec.get("unit_exp", 0), int):
+        raise ValueError(f"high_bits {spec['high_bits']} outside 1..8, or unit_exp not an integer")
+    expected = expected_columns_shapes(spec)
+    if set(tensors) != set(expected):
+        raise ValueError(f"tensors {sorted(tensors)}, the layout 'columns' needs {sorted(expected)}")
+    for name, (shape, dtype) in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise ValueError(f"{name} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}")
+
+
+def salient_columns(tensors: dict, spec: dict) -> torch.Tensor:
+    """(out, in) bool: True at every row's salient columns, from the per-block bitmaps (checked: k each)."""
+    out, n_in = spec["shape"]
+    blocks = unpack_bits(tensors["columns"], 1, n_in).bool()                # (blocks, in)
+    counts = blocks.sum(1)
+    if counts.ne(spec["k"]).any():
+        b = int(counts.ne(spec["k"]).nonzero()[0])
+        raise ValueError(f"row-block {b} marks {int(counts[b])} salient columns, expected {spec['k']}")
+    return blocks.repeat_interleave(spec["block_rows"], 0)[:out]
+
+
+def columns_params(tensors: dict, spec: dict) -> tuple:
+    """μ, α, scale (out, ng) float32 and zero (out, ng): fp16 as stored, or fp8 times 2^unit_exp."""
+    unit = 2.0 ** spec.get("unit_exp", 0) if spec["scales"] == "fp8" else 1.0
+    binary = tensors["binary"].float() * unit
+    scale = tensors["scale"].float() * unit
+    ng = scale.shape[1]
+    zero = unpack_bits(tensors["zero"], spec["high_bits"], ng).float()
+    return binary[..., 0], binary[..., 1], scale, zero
+
+
+def dequantize_columns(tensors: dict, spec: dict) -> torch.Tensor:
+    """Dense float32 weight of a columns-layout linear: the arithmetic of squeeze10.dequantized."""
+    check_columns_spec(spec, tensors)
+    out, n_in = spec["shape"]
+    k, hb = spec["k"], spec["high_bits"]
+    salient = salient_columns(tensors, spec)                                   # (out, in)
+    codes = torch.zeros(out, n_in, dtype=torch.float32, device=salient.device)
+    codes[~salient] = unpack_bits(tensors["signs"], 1, n_in - k).flatten().float()   # row-major: column order
+    codes[salient] = unpack_bits(tensors["high"], hb, k).flatten().float()
+    mu, alpha, scale, zero = columns_params(tensors, spec)
+    col_group = torch.arange(n_in, device=salient.device) // spec["group_size"]
+    mu, alpha = mu[:, col_group], alpha[:, col_group]
+    binary = torch.where(codes == 1, mu + alpha, mu - alpha)
+    return torch.where(salient, scale[:, col_group] * (codes - zero[:, col_group]), binary)
+
+
 def reference_matmul(x: torch.Tensor, tensors: dict, spec: dict) -> torch.Tensor:
     """y = x @ Wᵀ the obvious way: unpack W to a dense matrix, then torch.matmul. Short and plainly right; the
     tests hold the kernels to it (and to a float64 version of it)."""
@@ -158,6 +248,8 @@ def reference_matmul(x: torch.Tensor, tensors: dict, spec: dict) -> torch.Tensor
 def group_table(spec: dict) -> torch.Tensor:
     """int32 (ng, 5), one row per row-group: first column, width, byte offset in the state stream (trits or
     signs), byte offset in `high`, k. Every kernel walks a row with it."""
+    if spec["layout"] == COLUMNS:   # no v1 kernel walks it
+        return torch.zeros(0, 5, dtype=torch.int32)
     rows, col, state_at, high_at = [], 0, 0, 0
     for w, k in zip(group_widths(spec["shape"][1], spec["group_size"]), spec["k"]):
         rows.append([col, w, state_at, high_at, k])

@@ -19,6 +19,7 @@ Meta's shards are opened with `mmap=True`, so a tensor already in the requested 
 """
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,6 +203,17 @@ class Transformer(nn.Module):
 BACKENDS = ("auto", "reference", "numba", "triton")
 
 
+STORED_AS = {torch.float16: torch.int16, torch.float8_e4m3fn: torch.uint8}   # so model.to(dtype) can't round them
+_NOTES = set()
+
+
+def note_once(message: str):
+    """Say it on stderr, once per process: a backend that runs something slower than asked never does so silently."""
+    if message not in _NOTES:
+        _NOTES.add(message)
+        print(f"note: {message}", file=sys.stderr)
+
+
 class QuantLinear(nn.Module):
     """A block linear of a squeeze10 packed file, holding only its packed tensors (see squeeze10.py's layout):
     no dense weight exists. forward() multiplies straight from them:
@@ -209,24 +221,26 @@ class QuantLinear(nn.Module):
       reference  kernels.reference_matmul: unpack the whole matrix, then torch.matmul (tests, debugging)
       numba      kernels.numba_matmul on a CPU repacking of the same bits (kernels.cpu_layout), made at load
       triton     kernels.triton_matmul (CUDA; or any device under TRITON_INTERPRET=1)
-    fp16 tensors are kept as int16 bit patterns, so `model.to(dtype)` cannot round them."""
+    fp16 and fp8 tensors are kept as int16 / uint8 bit patterns, so `model.to(dtype)` cannot round them.
+    The columns layout (version 2) has no fast kernel yet: every backend runs its reference path, and says so."""
     def __init__(self, spec: dict, tensors: dict, backend: str = "auto"):
         super().__init__()
         self.spec, self.backend = spec, backend
         self.in_features, self.out_features = spec["shape"][1], spec["shape"][0]
         self.names = sorted(tensors)
+        self.dtypes = {name: t.dtype for name, t in tensors.items()}
         for name, t in tensors.items():
-            self.register_buffer(name, t.view(torch.int16) if t.dtype == torch.float16 else t)
+            self.register_buffer(name, t.view(STORED_AS.get(t.dtype, t.dtype)))
         self.register_buffer("groups", kernels.group_table(spec), persistent=False)
         # the numba kernels' repacking; made now on the CPU: made later, in the middle of a forward pass, its
         # temporaries fragment the heap between the activations (+0.3 GiB peak for the embedded model)
         on_cpu = all(t.device.type == "cpu" for t in tensors.values())
-        self._cpu = kernels.cpu_layout(self.packed(), spec) if on_cpu else None
+        self.has_kernels = spec["layout"] != kernels.COLUMNS    # version 2's kernels are the next step
+        self._cpu = kernels.cpu_layout(self.packed(), spec) if on_cpu and self.has_kernels else None
 
     def packed(self) -> dict:
         """The linear's tensors as the file stores them, by short name (trits|signs, high, binary, ...)."""
-        return {n: getattr(self, n).view(torch.float16) if n in ("binary", "scale") else getattr(self, n)
-                for n in self.names}
+        return {n: getattr(self, n).view(self.dtypes[n]) for n in self.names}
 
     def dequantize(self) -> torch.Tensor:
         """The dense float32 weight (out, in): for tests and the reference path only."""
@@ -236,6 +250,10 @@ class QuantLinear(nn.Module):
         backend = self.backend
         if backend == "auto":
             backend = "triton" if x.is_cuda else "numba"
+        if backend != "reference" and not self.has_kernels:
+            note_once(f"layout '{self.spec['layout']}' has no {backend} kernel yet: its linears run the reference "
+                      "path (unpack, then matmul)")
+            backend = "reference"
         if backend == "reference":
             return kernels.reference_matmul(x, self.packed(), self.spec)
         if backend == "triton":
@@ -558,9 +576,9 @@ def _packed_info(path: Path) -> dict | None:
         info = json.loads(meta[kernels.FORMAT])
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: corrupt squeeze10 metadata ({e})") from None
-    if info.get("format") != kernels.FORMAT or info.get("version") != kernels.VERSION:
+    if info.get("format") != kernels.FORMAT or info.get("version") not in kernels.VERSIONS:
         raise CheckpointError(f"{path}: packed format {info.get('format')!r} version {info.get('version')!r}; "
-                              f"this code reads {kernels.FORMAT!r} version {kernels.VERSION}")
+                              f"this code reads {kernels.FORMAT!r} versions {', '.join(map(str, kernels.VERSIONS))}")
     return info
 
 

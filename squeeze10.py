@@ -64,6 +64,27 @@ row per output channel; inside a row the row-groups follow each other in order, 
 Each tensor is stored as "P.trits", "P.high", ... Because k_g is fixed, every row-group of every row starts
 at a fixed byte offset; `pack_linear` asserts each size against kernels.expected_shapes, which the reader
 checks again.
+
+The packed format (version 2, layout "columns"; beyond the paper, ../shared/METHOD.md "Version 2"). The salient
+set is structured: the rows of a linear are cut into blocks of R = block_rows rows (the last one possibly
+shorter), and all rows of a block keep the same K = round(salient·in) input columns on the grid, so the
+index costs in bits per block instead of ~0.8 bits per weight. Within a row, the binary weights and the
+salient codes are each stored contiguously in column order: permute x per block (binary columns first) and
+W·x is a dense 1-bit product plus a dense high_bits one. Parameters stay per row-group of G original columns;
+with "scales": "fp8" they are float8 e4m3 numbers in units of 2^unit_exp (one power of two per linear):
+
+    struct packed_linear_v2 {                               // spec: block_rows R, k K, scales, unit_exp
+        uint8 columns[ceil(out/R)][ceil(in/8)];  // bit j%8 of byte j/8 (LSB first): column j is salient in
+                                             //   every row of the block; exactly K bits set per block
+        uint8 signs[out][ceil((in−K)/8)];    // the row's in−K binary weights in column order, 1 bit each,
+                                             //   LSB first: 1 -> μ+α, 0 -> μ−α (μ, α of the weight's row-group)
+        uint8 high[out][ceil(K·high_bits/8)];    // the row's K salient codes in column order, LSB first
+        fp8|fp16 binary[out][ng][2];         // μ, α of each row-group (over its binary weights)
+        fp8|fp16 scale[out][ng];             // salient w = scale · (code − zero), per row-group
+        uint8 zero[out][ceil(ng·high_bits/8)];   // the ng zero points, high_bits each, LSB first
+    };
+
+A file is version 2 when any linear uses this layout; the other layouts write version 1, as before.
 """
 import argparse
 import copy
@@ -88,6 +109,7 @@ GROUP_SIZE = 128      # input columns per row-group (METHOD.md's G)
 DAMP = 0.01           # δ = DAMP · mean(diag H)
 LAM = 1.0             # PBAR's weight on the normalised range term (chosen by the sweep in the README)
 CHUNK_TOKENS = 8192   # calibration tokens pushed through a block at once (bounds the transient memory)
+FP8_MAX = 448.0       # float8 e4m3's largest value
 
 STEPS = (  # a block's linears, grouped by shared input, in the order the forward pass reaches them
     ("attention.wq", "attention.wk", "attention.wv"),
@@ -113,16 +135,24 @@ class Settings:
     stage3_from: str = "mid"   # stage 3 quantizes W_mid (METHOD.md), or "fp": W itself, stage 1 only ranks
     group_size: int = GROUP_SIZE
     damp: float = DAMP
+    structure: str = "groups"  # groups (version 1: each row-group of each row picks its own k salient weights)
+                               # | columns (version 2: K salient input columns shared by block_rows rows)
+    block_rows: int = 0        # columns: rows that share one choice of salient columns (0: the whole layer)
+    scales: str = "fp16"       # fp16 (version 1) | fp8: μ, α, scale as float8 e4m3 × a power of two per linear
+    refit: bool = False        # re-fit μ, α, scale in closed form to the layer objective once the codes are fixed
 
 
 PRESETS = {  # METHOD.md's table: baselines are presets of the same pipeline
     "squeeze10": Settings(),
+    "paper": Settings(),
     "pbllm": Settings(mid_bits=16, salient=0.1, high_bits=8, pbar=False, fias="off"),
     "gptq2": Settings(mid_bits=16, salient=1.0, high_bits=2, pbar=False, fias="off"),
     "gptq4": Settings(mid_bits=16, salient=1.0, high_bits=4, pbar=False, fias="off"),
     "xnor": Settings(mid_bits=16, salient=0.0, pbar=False, fias="off", compensate=False),
 }
 FIAS_MODES = ("target", "input", "off")
+STRUCTURES = ("groups", "columns")
+SCALES = ("fp16", "fp8")
 
 
 def check_settings(s: Settings):
@@ -138,6 +168,14 @@ def check_settings(s: Settings):
         raise SettingsError(f"--stage3-from {s.stage3_from}: must be mid or fp")
     if s.fias not in FIAS_MODES:
         raise SettingsError(f"--fias {s.fias}: must be one of {', '.join(FIAS_MODES)}")
+    if s.structure not in STRUCTURES:
+        raise SettingsError(f"--structure {s.structure}: must be one of {', '.join(STRUCTURES)}")
+    if s.block_rows < 0:
+        raise SettingsError(f"--block-rows {s.block_rows}: must be at least 0 (0: all rows of a layer)")
+    if s.scales not in SCALES:
+        raise SettingsError(f"--scales {s.scales}: must be one of {', '.join(SCALES)}")
+    if s.scales == "fp8" and layout_of(s) != kernels.COLUMNS:
+        raise SettingsError("--scales fp8: only the columns layout (--structure columns, 0 < --salient < 1) stores fp8")
 
 
 def salient_count(width: int, salient: float) -> int:
@@ -146,7 +184,9 @@ def salient_count(width: int, salient: float) -> int:
 
 
 def layout_of(s: Settings) -> str:
-    return "signs" if s.salient == 0 else "grid" if s.salient == 1 else "trits"
+    if s.salient == 0 or s.salient == 1:
+        return "signs" if s.salient == 0 else "grid"
+    return kernels.COLUMNS if s.structure == "columns" else "trits"
 
 
 # -----------------------------------------------------------------------------
@@ -265,10 +305,11 @@ class RowGroupQuantizer:
     weight on the grid (stage 1, the GPTQ presets). Records each weight's code (grid code or sign bit).
     Works on columns: `fit` sees a group as (out, width), `__call__` one column (out,) at a time."""
 
-    def __init__(self, shape, group_size: int, bits: int, mask=None, device="cpu"):
+    def __init__(self, shape, group_size: int, bits: int, mask=None, device="cpu", unit=None):
         out, n = shape
         ng = math.ceil(n / group_size)
         self.G, self.maxq = group_size, 2 ** bits - 1
+        self.unit = None if unit is None else unit.to(device)[:, None]   # fp8 scales: each row's power of two
         mask = torch.ones(out, n, dtype=torch.bool, device=device) if mask is None else mask.to(device)
         self.mask_t = mask.T.contiguous()                          # (in, out): column j is row j
         self.has_grid, self.has_binary = bool(mask.any()), not bool(mask.all())
@@ -282,13 +323,13 @@ class RowGroupQuantizer:
         if self.has_grid:   # GPTQ's grid: [min(x, 0), max(x, 0)] in maxq steps, over the salient weights only
             hi = torch.where(m, w, -torch.inf).amax(1).clamp(min=0)
             lo = torch.where(m, w, torch.inf).amin(1).clamp(max=0)
-            scale = ((hi - lo) / self.maxq).clamp(min=2 ** -24).half().float()
+            scale = self.round(((hi - lo) / self.maxq)[:, None], positive=True)[:, 0]
             self.scale[:, g], self.zero[:, g] = scale, (-lo / scale).round().clamp(0, self.maxq)
         if self.has_binary:  # μ ± α over the non-salient weights only
             count = (~m).sum(1).clamp(min=1)
             mu = torch.where(m, 0, w).sum(1) / count
             alpha = torch.where(m, 0, (w - mu[:, None]).abs()).sum(1) / count
-            self.mu[:, g], self.alpha[:, g] = mu.half().float(), alpha.half().float()
+            self.mu[:, g], self.alpha[:, g] = self.round(mu[:, None])[:, 0], self.round(alpha[:, None])[:, 0]
         self.s, self.z, self.centre = self.scale[:, g].clone(), self.zero[:, g].clone(), self.mu[:, g].clone()
         self.plus, self.minus = self.mu[:, g] + self.alpha[:, g], self.mu[:, g] - self.alpha[:, g]
 
@@ -312,6 +353,28 @@ class RowGroupQuantizer:
     @property
     def codes(self):
         return self.codes_t.T
+
+    def round(self, p, positive=False):
+        """Parameters (out, m) rounded to their stored precision: fp16, or float8 e4m3 in units of each row's
+        power of two. `positive`: a grid step, kept above zero."""
+        return round_params(p, self.unit, positive)
+
+
+def round_params(p, unit=None, positive=False):
+    """p (rows, m) -> the nearest stored value: fp16 when unit is None, else unit · float8_e4m3(p / unit)."""
+    if unit is None:
+        return (p.clamp(min=2 ** -24) if positive else p).half().float()
+    q = (p / unit).clamp(-FP8_MAX, FP8_MAX)
+    if positive:
+        q = q.clamp(min=2 ** -9)                              # e4m3's smallest step
+    return q.to(torch.float8_e4m3fn).float() * unit
+
+
+def fp8_unit(W):
+    """One power of two per row of W (out, in), shared by a linear's rows: a linear's largest |w| maps to
+    ≤ 256 of e4m3's 448, leaving room for the compensation to grow weights; 2^-14 of it is still normal."""
+    top = W.abs().amax().clamp(min=2 ** -60).item()
+    return torch.full((W.shape[0],), 2.0 ** (math.ceil(math.log2(top)) - 8))
 
 
 def gptq(W, U, quantizer, group_size: int, compensate: bool = True):
@@ -376,8 +439,96 @@ def salient_mask(M, salient: float, group_size: int):
     return mask
 
 
+def column_mask(M, salient: float, block_rows: int):
+    """Version 2's structured salient set: every block of `block_rows` rows (0: all rows) keeps the same
+    K = round(salient · in) input columns, those with the largest M summed over the block's rows."""
+    out, n = M.shape
+    R = block_rows or out
+    K = salient_count(n, salient)
+    mask = torch.zeros(M.shape, dtype=torch.bool, device=M.device)
+    for r0 in range(0, out, R):
+        score = M[r0:r0 + R].sum(0)                             # (in,): PBAR aggregated over the rows it serves
+        mask[r0:r0 + R, score.topk(K).indices] = True
+    return mask
+
+
 # -----------------------------------------------------------------------------
 # 4. Stage 3, and the whole pipeline for one group of linears
+
+REFIT_RIDGE = 1e-6    # the refit's pull toward the old parameters, relative to mean diag(BᵀHB): fixes what the
+                      # objective leaves free (μ, α collinear where a row-group's signs agree; absent parts)
+
+
+def dequantized(q: RowGroupQuantizer, mask):
+    """Ŵ (out, in) from the quantizer's codes and parameters: the arithmetic of kernels.dequantize."""
+    out, n = mask.shape
+    col_group = torch.arange(n, device=mask.device) // q.G
+    codes = q.codes.float()
+    mu, alpha = q.mu[:, col_group], q.alpha[:, col_group]
+    binary = torch.where(codes == 1, mu + alpha, mu - alpha)
+    return torch.where(mask, q.scale[:, col_group] * (codes - q.zero[:, col_group]), binary)
+
+
+def refit_system(W, H, codes, mask, zero, G: int):
+    """The refit's normal equations for rows W (rows, in), in float64: A (rows, P, P) = B_iᵀHB_i and
+    b (rows, P) = B_iᵀH·w_i, parameters in the order [μ_g for every row-group g, then α_g, then scale_g].
+
+    Row i's weights are linear in its parameters: ŵ_i = B_i·p_i, the columns of B_i being the indicator of
+    row-group g's binary weights (μ_g), their signs (α_g), and g's salient codes − zero (scale_g).
+    H·B_i costs one (rows × G) @ (G × in) product per row-group and part: 3·rows·in² in all."""
+    rows, n = W.shape
+    ng = math.ceil(n / G)
+    pad = ng * G - n
+    col_group = torch.arange(n, device=W.device) // G
+    codes = codes.double()
+    parts = torch.stack([(~mask).double(),                                    # μ: the binary weights
+                         torch.where(mask, 0.0, 2 * codes - 1),               # α: their signs
+                         torch.where(mask, codes - zero[:, col_group].double(), 0.0)])  # scale: code − zero
+    Hd = H.double()
+    P = 3 * ng
+
+    def per_group(x):                                          # (3, rows, in) -> (rows, P): sums per row-group
+        x = torch.nn.functional.pad(x, (0, pad)).view(3, rows, ng, G).sum(-1)
+        return x.permute(1, 0, 2).reshape(rows, P)
+    A = torch.zeros(rows, P, P, dtype=torch.float64, device=W.device)
+    for g in range(ng):
+        cols = slice(g * G, min(n, (g + 1) * G))
+        for t in range(3):
+            HB = parts[t][:, cols] @ Hd[cols]                  # (rows, in): H·(column (t, g) of B_i), every row i
+            A[:, :, t * ng + g] = per_group(parts * HB)
+    b = per_group(parts * (W.double() @ Hd))
+    return A, b
+
+
+REFIT_ROWS = 1 << 24   # rows × in solved at once: bounds the refit's float64 temporaries (~0.4 GB each)
+
+
+def refit(W, H, q: RowGroupQuantizer, mask, G: int):
+    """Closed-form re-fit of every row's continuous parameters for the fixed codes (METHOD.md, version 2).
+
+    The layer objective Σ_i (w_i − B_i p_i)ᵀH(w_i − B_i p_i) (W: the FIAS target, H damped) is minimised row
+    by row by (B_iᵀHB_i + εI)·p_i = B_iᵀH·w_i + ε·p_old (`refit_system`): ε pulls what the objective leaves
+    free toward the old values. The result is rounded to the stored precision, and each row keeps its old
+    parameters where the rounded refit does not lower the objective. Updates q; returns the new Ŵ."""
+    ng = q.mu.shape[1]
+    step = max(1, REFIT_ROWS // W.shape[1])
+    for r0 in range(0, W.shape[0], step):
+        rows = slice(r0, r0 + step)
+        A, b = refit_system(W[rows], H, q.codes[rows], mask[rows], q.zero[rows], G)
+        old = torch.cat([q.mu[rows], q.alpha[rows], q.scale[rows]], 1).double()
+        eps = REFIT_RIDGE * A.diagonal(dim1=1, dim2=2).mean(1).clamp(min=1e-30)
+        ridge = torch.eye(A.shape[1], dtype=torch.float64, device=W.device) * eps[:, None, None]
+        new = torch.linalg.solve(A + ridge, (b + eps[:, None] * old)[..., None])[..., 0]
+        mu, alpha, scale = new.float().split(ng, 1)
+        unit = None if q.unit is None else q.unit[rows]
+        new = torch.cat([round_params(mu, unit), round_params(alpha, unit), round_params(scale, unit)], 1).double()
+
+        def objective(p):                                      # pᵀAp − 2bᵀp: the layer objective minus a constant
+            return (p[:, None, :] @ A @ p[:, :, None])[:, 0, 0] - 2 * (b * p).sum(1)
+        keep = torch.where((objective(new) < objective(old))[:, None], new, old).float()
+        q.mu[rows], q.alpha[rows], q.scale[rows] = keep.split(ng, 1)
+    return dequantized(q, mask)
+
 
 def quantize_linears(weights: list, stats: Stats, s: Settings) -> list[dict]:
     """Quantize linears that share one input (e.g. wq, wk, wv): stacked by rows they share H and every
@@ -399,16 +550,22 @@ def quantize_linears(weights: list, stats: Stats, s: Settings) -> list[dict]:
     rows = [w.shape[0] for w in weights]
     if 0 < s.salient < 1:
         d, r = U.diag(), stats.ranges()
-        mask = torch.cat([salient_mask(pbar_salience(w, d, r, s.lam, G, s.pbar), s.salient, G)
-                          for w in W_mid.split(rows)])
+        choose = (lambda M: column_mask(M, s.salient, s.block_rows)) if s.structure == "columns" else \
+            (lambda M: salient_mask(M, s.salient, G))
+        mask = torch.cat([choose(pbar_salience(w, d, r, s.lam, G, s.pbar)) for w in W_mid.split(rows)])
     else:
         mask = torch.full(W.shape, s.salient == 1, dtype=torch.bool, device=W.device)
     # stage 3: salient weights to high_bits, the rest to μ ± α, errors compensated column by column
-    quantizer = RowGroupQuantizer(W.shape, G, s.high_bits, mask, device=W.device)
+    unit = torch.cat([fp8_unit(w) for w in W_mid.split(rows)]) if s.scales == "fp8" else None
+    quantizer = RowGroupQuantizer(W.shape, G, s.high_bits, mask, device=W.device, unit=unit)
     W_hat = gptq(W_mid if s.stage3_from == "mid" else W, U, quantizer, G, compensate=s.compensate)
+    if s.refit:   # the codes are fixed now: μ, α, scale re-fitted to ‖W·X_fpᵀ − Ŵ·X_qᵀ‖² (W: the FIAS target)
+        W_hat = refit(W, H, quantizer, mask, G)
     records, r0 = [], 0
     q = quantizer
     parts = dict(codes=q.codes, mask=mask, scale=q.scale, zero=q.zero, mu=q.mu, alpha=q.alpha)
+    if unit is not None:
+        parts["unit"] = unit
     for n in rows:
         sl = slice(r0, r0 + n)
         records.append(dict(weight=W_hat[sl], **{k: v[sl].cpu() for k, v in parts.items()}))
@@ -467,8 +624,43 @@ def pack_trits(states):
     return (states.reshape(rows, nbytes, 5) * powers).sum(-1).to(torch.uint8)
 
 
+def pack_columns(rec: dict, s: Settings) -> tuple[dict, dict]:
+    """pack_linear for the columns layout (version 2): per-block column bitmaps, each row's binary signs
+    and salient codes in column order, and its parameters in fp16 or fp8 (zeros in high_bits bits)."""
+    codes, mask = rec["codes"], rec["mask"]
+    out, n = codes.shape
+    R = s.block_rows or out
+    k = int(mask[0].sum())
+    first = mask[::R]                                            # (blocks, in): each block's first row
+    assert torch.equal(first.repeat_interleave(R, 0)[:out], mask), "rows of a block share their salient columns"
+    spec = dict(shape=[out, n], group_size=s.group_size, high_bits=s.high_bits, layout=kernels.COLUMNS,
+                block_rows=R, k=k, scales=s.scales)
+    if s.scales == "fp8":
+        unit = rec["unit"]
+        assert bool((unit == unit[0]).all()), "one power of two per linear"
+        spec["unit_exp"] = int(round(math.log2(float(unit[0]))))
+    dtype = kernels.SCALE_DTYPES[s.scales]
+    scale_unit = 2.0 ** spec.get("unit_exp", 0) if s.scales == "fp8" else 1.0
+
+    def stored(p):                                               # already rounded: the cast is exact
+        t = (p / scale_unit).to(dtype)
+        assert torch.equal(t.float() * scale_unit, p), "parameters hold their stored precision"
+        return t
+    tensors = dict(columns=pack_bits(first.to(torch.int32), 1),
+                   signs=pack_bits(codes[~mask].reshape(out, n - k), 1),
+                   high=pack_bits(codes[mask].reshape(out, k), s.high_bits),
+                   binary=stored(torch.stack([rec["mu"], rec["alpha"]], -1)),
+                   scale=stored(rec["scale"]),
+                   zero=pack_bits(rec["zero"].to(torch.int32), s.high_bits))
+    for name, (shape, dt) in kernels.expected_columns_shapes(spec).items():
+        assert tuple(tensors[name].shape) == shape and tensors[name].dtype == dt, f"{name}: size mismatch"
+    return tensors, spec
+
+
 def pack_linear(rec: dict, s: Settings) -> tuple[dict, dict]:
     """One quantized linear's record -> (its packed tensors by short name, its spec)."""
+    if layout_of(s) == kernels.COLUMNS:
+        return pack_columns(rec, s)
     codes, mask = rec["codes"], rec["mask"]
     out, n = codes.shape
     widths = kernels.group_widths(n, s.group_size)
@@ -497,12 +689,16 @@ def pack_linear(rec: dict, s: Settings) -> tuple[dict, dict]:
     return tensors, spec
 
 
+def salient_per_row(spec: dict) -> int:
+    return spec["k"] if spec["layout"] == kernels.COLUMNS else sum(spec["k"])
+
+
 def linear_bits(tensors: dict, spec: dict) -> dict:
     """Bits per weight of one packed linear, from its tensors' bytes: payload (the paper's count: 1 per
     binary weight, high_bits per salient one), scales (μ, α, scale, zero), index (the rest: which weights
     are salient, and byte padding), total."""
     out, n = spec["shape"]
-    n_salient = out * sum(spec["k"])
+    n_salient = out * salient_per_row(spec)
     payload = (out * n - n_salient) + n_salient * spec["high_bits"]
     scales = 8 * sum(tensors[k].numel() * tensors[k].element_size() for k in ("binary", "scale", "zero")
                      if k in tensors)
@@ -580,7 +776,7 @@ def quantize_model(model, tokens, s: Settings, device="cpu", log=print):
                     packed[prefix], specs[prefix] = pack_linear(records[name], s)
                     bits = linear_bits(packed[prefix], specs[prefix])
                     report.append(dict(name=prefix, shape=specs[prefix]["shape"],
-                                       salient=sum(specs[prefix]["k"]) / specs[prefix]["shape"][1],
+                                       salient=salient_per_row(specs[prefix]) / specs[prefix]["shape"][1],
                                        bits={k: round(v, 4) for k, v in bits.items() if k != "bytes"},
                                        bytes=bits["bytes"], rel_error=round(records[name]["rel_error"], 5),
                                        seconds=round(sec, 3), group="+".join(n.split(".")[-1] for n in names)))
@@ -607,7 +803,8 @@ def save_packed(path: Path, model, packed: dict, specs: dict, info: dict):
     for prefix, parts in packed.items():
         for k, t in parts.items():
             tensors[f"{prefix}.{k}"] = t.contiguous()
-    meta = dict(format=kernels.FORMAT, version=kernels.VERSION, config=asdict(model.args), linears=specs, **info)
+    version = 2 if any(spec["layout"] == kernels.COLUMNS for spec in specs.values()) else 1   # v1 files unchanged
+    meta = dict(format=kernels.FORMAT, version=version, config=asdict(model.args), linears=specs, **info)
     write_atomic(path, tensors, {kernels.FORMAT: json.dumps(meta, sort_keys=True)})
 
 
@@ -694,6 +891,14 @@ def parse_args(argv=None):
     p.add_argument("--fias", default=None, help="target (default) | input | off")
     p.add_argument("--stage3-from", dest="stage3_from", default=None,
                    help="mid (default: stage 3 re-quantizes W_mid) | fp (stage 3 quantizes W; stage 1 only ranks)")
+    p.add_argument("--structure", default=None, help="groups (version 1: k salient per row-group) | columns "
+                   "(version 2: salient input columns shared by --block-rows rows)")
+    p.add_argument("--block-rows", dest="block_rows", type=int, default=None,
+                   help="columns: rows sharing one choice of salient columns (0: the whole layer)")
+    p.add_argument("--scales", default=None, help="fp16 | fp8 (columns only: μ, α, scale as float8 e4m3)")
+    p.add_argument("--refit", dest="refit", action="store_true", default=None,
+                   help="re-fit μ, α, scale to the layer objective once the codes are fixed")
+    p.add_argument("--no-refit", dest="refit", action="store_false", help="keep GPTQ's parameters")
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default: by model size)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
