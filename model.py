@@ -697,19 +697,24 @@ def _check_block_count(args: ModelArgs, names: list, where: Path):
 
 
 def _check_weight(t, name: str, shape: tuple, where: Path):
-    """A tensor as read: a floating-point tensor of the shape the config implies, every value finite (one
-    isfinite pass; a NaN or Inf weight would make every result NaN without a word)."""
+    """A tensor as read: a floating-point tensor of the shape the config implies."""
     if not isinstance(t, torch.Tensor):
         raise CheckpointError(f"{where}: {name} is a {type(t).__name__}, not a tensor")
     if tuple(t.shape) != shape:
         raise CheckpointError(f"{where}: {name} has shape {tuple(t.shape)}, the config implies {shape}")
     if not t.is_floating_point():
         raise CheckpointError(f"{where}: {name} holds {t.dtype}, not floating-point weights")
+
+
+def _check_finite(t: torch.Tensor, name: str, where: Path) -> torch.Tensor:
+    """One isfinite pass over a weight as converted (a value beyond float16's range becomes Inf there): a NaN
+    or Inf weight would make every result NaN without a word."""
     finite = torch.isfinite(t)
     if not finite.all():
         first = tuple(int(i) for i in (~finite).nonzero()[0])
-        raise CheckpointError(f"{where}: {name} holds {int((~finite).sum())} non-finite values (NaN or Inf; "
-                              f"the first, {t[first].item()}, at {list(first)})")
+        raise CheckpointError(f"{where}: {name} holds {int((~finite).sum())} non-finite values in {t.dtype} "
+                              f"(the first, {t[first].item()}, at {list(first)})")
+    return t
 
 
 def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype=torch.float32,
@@ -719,8 +724,12 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
     `quant` (prefix -> (spec, function returning the packed tensors)) puts QuantLinears in those places."""
     _validate(args, where)
     _check_block_count(args, list(tensors) + list(quant or {}), where)
-    with torch.device("meta"):
-        model = Transformer(args)
+    try:
+        with torch.device("meta"):
+            model = Transformer(args)
+    except RuntimeError as e:  # sizes whose product overflows even on the meta device
+        raise CheckpointError(f"{where}: the config's sizes (dim {args.dim}, hidden_dim {args.hidden_dim}, vocab "
+                              f"{args.vocab_size}) are too large to build ({_first_line(e)})") from None
     for prefix, (spec, read) in (quant or {}).items():
         parent, _, leaf = prefix.rpartition(".")
         try:
@@ -747,7 +756,7 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
         if id(source) not in converted:  # a tied embedding is read once
             t = source()
             _check_weight(t, name, shape, where)
-            converted[id(source)] = t.to(device=device, dtype=dtype)
+            converted[id(source)] = _check_finite(t.to(device=device, dtype=dtype), name, where)
         state[name] = converted[id(source)]
     state.update({n: t for n, t in model.state_dict().items() if not t.is_meta})  # the packed linears' own
     model.load_state_dict(state, assign=True, strict=True)
