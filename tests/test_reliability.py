@@ -6,12 +6,10 @@ real process.
 """
 import hashlib
 import json
-import math
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -273,7 +271,8 @@ def test_a_degenerate_hessian_is_retried_and_the_report_says_so(capsys, d, tmp_p
     rc, out, err = run_sq(capsys, *quantize_args(d, tmp_path / "q.safetensors"), "--json")
     assert rc == 0, err
     retries = json.loads(out.strip().splitlines()[-1])["damping_retries"]
-    assert retries and {r["layer"] for r in retries} == {"layers.0", "layers.1"} and {r["factor"] for r in retries} == {10}
+    assert retries and {r["layer"] for r in retries} == {"layers.0", "layers.1"}
+    assert {r["factor"] for r in retries} == {10}
     assert "damping: layers.0" in out and "needed 10x the damping" in err
     with safe_open(str(tmp_path / "q.safetensors"), "pt") as f:
         assert json.loads(f.metadata()["squeeze10"])["damping_retries"] == retries
@@ -383,7 +382,8 @@ def test_an_invalid_encoding_in_a_file_is_one_line(capsys, d, tmp_path):
         t["layers.1.attention.wv.zero"][2, 0] = 200
     bad = rewritten(d / "q.safetensors", tmp_path / "bad.safetensors", edit)
     rc, _, err = run_ev(capsys, "--ckpt", bad)
-    assert rc == 2 and "layers.1.attention.wv: zero row 2, row-group 0: zero point 200 is outside" in one_line_error(err)
+    line = one_line_error(err)
+    assert rc == 2 and "layers.1.attention.wv: zero row 2, row-group 0: zero point 200 is outside" in line
 
 
 # -----------------------------------------------------------------------------
