@@ -516,6 +516,9 @@ if __name__ == "__main__":
         tok = load_tokenizer(a.tokenizer or embedded_model_path())
     except DataError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # writes nothing: SIGTERM's default (end at once) loses nothing either
+        print("error: interrupted by SIGINT", file=sys.stderr)
+        sys.exit(130)
     ids = tok.encode(a.text, bos=tok.add_bos)
     print(ids)
     print([tok.decode([i]) for i in ids])

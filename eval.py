@@ -30,6 +30,10 @@ import torch.nn.functional as F
 import data
 import model as llama
 
+class NumericError(ValueError):
+    """A result that came out NaN or Inf: an error, never a printed number."""
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_WINDOWS = {"embedded": 16, "c4": 256}  # wikitext2 and --text: every window
 
@@ -55,8 +59,11 @@ def perplexity(model, windows: torch.Tensor, device="cpu", progress=None) -> dic
     for i, window in enumerate(windows):
         window = window.to(device)[None]                      # (1, T)
         logits = model(window)                                 # (1, T, vocab)
-        nll = F.cross_entropy(logits[0, :-1].float(), window[0, 1:], reduction="sum")
-        total_nll += nll.item()
+        nll = F.cross_entropy(logits[0, :-1].float(), window[0, 1:], reduction="sum").item()
+        if not math.isfinite(nll):
+            raise NumericError(f"window {i + 1}: the negative log-likelihood is {nll}: the model's outputs hold "
+                               "NaN or Inf (weights too large for --dtype?)")
+        total_nll += nll
         tokens += window.shape[1] - 1
         if progress:
             progress(i + 1, len(windows), math.exp(total_nll / tokens))
@@ -155,6 +162,9 @@ def continuation_logprobs(model, requests: list[tuple[list[int], list[int]]], de
         positions += range(len(x) - len(cont), len(x))  # logits at position t predict token t + 1
         targets += cont
     logits = model(tokens.to(device))  # (rows, T, vocab)
+    if not torch.isfinite(logits).all():
+        raise NumericError("the model's outputs hold NaN or Inf, so the log-likelihoods would (weights too large "
+                           "for --dtype?)")
     picked = logits[torch.tensor(row_index, device=device), torch.tensor(positions, device=device)]  # (N, vocab)
     token_lp = picked.float().log_softmax(-1).gather(-1, torch.tensor(targets, device=device)[:, None])[:, 0]
     return torch.zeros(len(inputs), dtype=torch.float64).index_add_(
@@ -298,6 +308,10 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
     if not ids:
         raise data.DataError("--generate: the prompt encodes to no tokens")
     max_len = len(ids) + max_new_tokens
+    if max_len > model.args.max_seq_len:  # the KV cache is never sized past the model's context
+        raise data.DataError(f"--max-new-tokens {max_new_tokens}: the prompt's {len(ids)} tokens and "
+                             f"{max_new_tokens} new ones exceed the model's context of {model.args.max_seq_len} "
+                             "tokens")
     model.setup_cache(1, max_len)
     generator = torch.Generator(device=device).manual_seed(seed)
     new = []
@@ -306,6 +320,8 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
         logits = model(torch.tensor([ids], device=device))[0, -1]          # prefill
         t1 = time.perf_counter()
         for pos in range(len(ids), max_len):
+            if not torch.isfinite(logits).all():
+                raise NumericError(f"position {pos}: the model's outputs hold NaN or Inf")
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, -1)
                 token = int(torch.multinomial(probs, 1, generator=generator))
@@ -337,7 +353,17 @@ def run_generate(args, ckpt, model, tokenizer) -> int:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line: flags checked, then the run; SIGINT or SIGTERM end it with one line (exit 130, 143)."""
+    try:
+        with llama.interruptible():
+            return run(parse_args(argv))
+    except llama.Interrupted as e:
+        print(f"error: interrupted by {e}", file=sys.stderr)
+        return 128 + e.signum
+
+
+def parse_args(argv=None):
+    p = llama.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=None, help="checkpoint: directory, .gguf, or name under $SQUEEZE10_MODELS "
                                                 "(default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.model or .gguf (default: the checkpoint's own)")
@@ -368,18 +394,26 @@ def main(argv=None):
         p.error("--seqlen must be at least 2")
     if args.windows is not None and args.windows < 1:
         p.error("--windows must be at least 1")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: this torch build sees no CUDA device")
+    if llama.check_device(args.device):
+        p.error(llama.check_device(args.device))
     if args.backend == "numba" and args.device != "cpu":
         p.error("--backend numba runs on the CPU: use --device cpu, or --backend triton/auto")
     if args.backend == "triton" and not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
         p.error("--backend triton needs --device cuda (or TRITON_INTERPRET=1 to interpret it on the CPU)")
-    if args.max_new_tokens < 1 or args.temperature < 0:
-        p.error("--max-new-tokens must be at least 1 and --temperature at least 0")
+    if args.max_new_tokens < 1:
+        p.error(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        p.error(f"--temperature {args.temperature}: must be a finite number >= 0")
+    if llama.check_seed(args.seed):
+        p.error(llama.check_seed(args.seed))
     if args.generate is not None and args.tasks:
         p.error("--generate and --tasks are separate runs")
+    return args
 
+
+def run(args) -> int:
     t0 = time.time()
+    ckpt = args.ckpt
     try:
         tasks = [data.zeroshot_task(n, args.limit) for n in parse_tasks(args.tasks)] if args.tasks else None
         ckpt = llama.resolve_checkpoint(args.ckpt)
@@ -398,14 +432,19 @@ def main(argv=None):
                                  f"vocabulary has {model.args.vocab_size} tokens")
         windows = args.windows or (None if args.text else DEFAULT_WINDOWS.get(args.data[0]))
         batches = make_windows(ids, args.seqlen, windows, source=text_name)
+        if args.seqlen > model.args.max_seq_len:  # RoPE past the trained context: no number anyone compares
+            raise data.DataError(f"--seqlen {args.seqlen}: longer than the model's context of "
+                                 f"{model.args.max_seq_len} tokens (its config's context length)")
+        print(f"{ckpt}: {llama.num_params(model) / 1e6:.1f}M parameters, loaded in {load_seconds:.1f} s; "
+              f"{text_name}: {len(ids)} tokens, {len(batches)} windows x {args.seqlen}", file=sys.stderr)
+        t1 = time.time()
+        result = perplexity(model, batches, args.device, Progress("window"))
     except (llama.CheckpointError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{ckpt}: {llama.num_params(model) / 1e6:.1f}M parameters, loaded in {load_seconds:.1f} s; "
-          f"{text_name}: {len(ids)} tokens, {len(batches)} windows x {args.seqlen}", file=sys.stderr)
-
-    t1 = time.time()
-    result = perplexity(model, batches, args.device, Progress("window"))
+    except NumericError as e:
+        print(f"error: {ckpt}: {e}", file=sys.stderr)
+        return 2
     seconds = time.time() - t1
     report = {"ckpt": str(ckpt), "data": text_name, "ppl": round(result["ppl"], 4), "tokens": result["tokens"],
               "windows": len(batches), "seqlen": args.seqlen, "seconds": round(seconds, 2),

@@ -17,9 +17,15 @@ A 7B model is never held twice: the model is built on the `meta` device (no memo
 checked against the shape the config implies, converted, and assigned (`load_state_dict(assign=True)`).
 Meta's shards are opened with `mmap=True`, so a tensor already in the requested dtype is never copied.
 """
+import argparse
+import contextlib
 import json
+import math
 import os
+import re
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -338,9 +344,24 @@ def _first_line(e: BaseException) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({_first_line(e)})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(value).__name__}, not an object of settings")
+    return value
+
+
+def _renamer(table: dict):
+    """name -> ours, by `table` (names with {} for the block index). Parsed from the name, not looked up in all
+    n_layers × len(table) names: a config's n_layers is not trusted before the file's blocks are counted."""
+    def rename(name: str) -> str:
+        head, *rest = re.split(r"\.(\d+)\.", name, maxsplit=1)
+        if not rest:
+            return table.get(name, name)
+        pattern = f"{head}.{{}}.{rest[1]}"
+        return table[pattern].format(rest[0]) if pattern in table else name
+    return rename
 
 
 def _require(cfg: dict, keys, path: Path):
@@ -349,8 +370,17 @@ def _require(cfg: dict, keys, path: Path):
     if missing:
         raise CheckpointError(f"{path}: missing {', '.join(missing)}")
     for key in keys:
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] <= 0:
+        if not _is_int(cfg[key]) or cfg[key] <= 0:
             raise CheckpointError(f"{path}: {key} = {cfg[key]!r} in the config is not a positive integer")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive_number(value) -> bool:
+    """A finite number > 0 (a JSON int or float; not a bool, not a string, not NaN or Infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 # -----------------------------------------------------------------------------
@@ -396,6 +426,9 @@ def _load_meta(path: Path):
 
     def merged(name):
         parts = [s[name] for s in states]
+        for shard, p in zip(shards, parts):
+            if not isinstance(p, torch.Tensor):
+                raise CheckpointError(f"{shard}: {name} is a {type(p).__name__}, not a tensor")
         axis = META_SHARD_AXIS.get(name.split(".")[-2])
         if len(parts) == 1 or axis is None:
             return parts[0]
@@ -407,6 +440,13 @@ def _load_meta(path: Path):
     if "tok_embeddings.weight" not in states[0]:
         raise CheckpointError(f"{shards[0]}: no tok_embeddings.weight; not a LLaMA checkpoint")
     vocab = params.get("vocab_size", -1)
+    if not _is_int(vocab) or vocab == 0 or vocab < -1:
+        raise CheckpointError(f"{path / 'params.json'}: vocab_size = {vocab!r} is not a positive integer (or -1)")
+    ffn = params.get("ffn_dim_multiplier")
+    if ffn is not None and not _is_positive_number(ffn):
+        raise CheckpointError(f"{path / 'params.json'}: ffn_dim_multiplier = {ffn!r} is not a positive number")
+    if not isinstance(states[0]["tok_embeddings.weight"], torch.Tensor):
+        raise CheckpointError(f"{shards[0]}: tok_embeddings.weight is not a tensor")
     args = ModelArgs(
         dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"],
         n_kv_heads=params.get("n_kv_heads"),
@@ -480,7 +520,7 @@ def _load_hf(path: Path):
         hidden_dim=cfg["intermediate_size"], norm_eps=cfg.get("rms_norm_eps", 1e-5),
         rope_theta=cfg.get("rope_theta", 10000.0), max_seq_len=cfg.get("max_position_embeddings", 4096),
         tie_embeddings=cfg.get("tie_word_embeddings", False))
-    ours = {hf.format(i): name.format(i) for hf, name in HF_NAMES.items() for i in range(args.n_layers)}
+    ours = _renamer(HF_NAMES)
     tensors = {}
     for file in files:
         if not file.is_file():
@@ -490,7 +530,7 @@ def _load_hf(path: Path):
         except Exception as e:
             raise CheckpointError(f"{file}: unreadable or truncated ({_first_line(e)})") from None
         for hf_name in handle.keys():
-            name = ours.get(hf_name, hf_name)
+            name = ours(hf_name)
             heads = {"wq": args.n_heads, "wk": args.n_kv_heads}.get(name.split(".")[-2])
             tensors[name] = lambda h=handle, n=hf_name, nh=heads, f=file: _hf_tensor(h, n, nh, f)
     if args.tie_embeddings and "tok_embeddings.weight" in tensors:
@@ -552,8 +592,8 @@ def _load_gguf(path: Path):
         shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dimensions innermost first
         return torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype("float32"))
 
-    ours = {g.format(i): name.format(i) for g, name in GGUF_NAMES.items() for i in range(args.n_layers)}
-    tensors = {ours.get(name, name): (lambda t=t: dequantize(t)) for name, t in by_name.items()
+    ours = _renamer(GGUF_NAMES)
+    tensors = {ours(name): (lambda t=t: dequantize(t)) for name, t in by_name.items()
                if name != "rope_freqs.weight"}
     if args.tie_embeddings:
         tensors["output.weight"] = tensors["tok_embeddings.weight"]
@@ -593,20 +633,45 @@ def _load_packed(path: Path):
         raise CheckpointError(f"{path}: incomplete squeeze10 metadata ({_first_line(e)})") from None
     handle = safe_open(str(path), "pt")
     names = set(handle.keys())
-    tensors = {n: (lambda n=n: handle.get_tensor(n)) for n in names if n.removesuffix(".weight") not in specs
+    read = _checksummed_reader(path, handle, info, names)
+    tensors = {n: (lambda n=n: read(n)) for n in names if n.removesuffix(".weight") not in specs
                and n.endswith(".weight")}
 
     def packed(prefix):
-        parts = {n[len(prefix) + 1:]: handle.get_tensor(n) for n in names if n.startswith(prefix + ".")}
+        parts = {n[len(prefix) + 1:]: read(n) for n in names if n.startswith(prefix + ".")}
         try:
             kernels.check_spec(specs[prefix], parts)
+            kernels.check_encoding(parts, specs[prefix])
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{path}: {prefix}: {_first_line(e)}") from None
+        for name, t in parts.items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise CheckpointError(f"{path}: {prefix}.{name} holds NaN or Inf")
         return parts
     quant = {prefix: (specs[prefix], lambda prefix=prefix: packed(prefix)) for prefix in specs}
     if args.tie_embeddings and "tok_embeddings.weight" in tensors:
         tensors["output.weight"] = tensors["tok_embeddings.weight"]
     return args, tensors, path, quant
+
+
+def _checksummed_reader(path: Path, handle, info: dict, names: set):
+    """handle.get_tensor, checking each tensor's bytes against the checksum the metadata records for it (files
+    written before checksums were recorded carry none, and are read unchecked)."""
+    sums = info.get("checksums")
+    if sums is None:
+        return handle.get_tensor
+    if not (isinstance(sums, dict) and sums.get("algorithm") == kernels.CHECKSUM and
+            isinstance(sums.get("tensors"), dict) and set(sums["tensors"]) == names):
+        raise CheckpointError(f"{path}: the metadata's checksums are damaged or do not list exactly the file's "
+                              f"tensors ({kernels.CHECKSUM} expected)")
+
+    def read(name):
+        t = handle.get_tensor(name)
+        if kernels.tensor_checksum(t) != sums["tensors"][name]:
+            raise CheckpointError(f"{path}: {name}: its bytes do not match the {kernels.CHECKSUM} checksum recorded "
+                                  "in the metadata (the file is damaged)")
+        return t
+    return read
 
 
 def tokenizer_source(path) -> Path:
@@ -625,9 +690,48 @@ def _validate(args: ModelArgs, where: Path):
         value = getattr(args, key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise CheckpointError(f"{where}: {key} = {value!r} in the config is not a positive integer")
+    for key in ("norm_eps", "rope_theta"):
+        if not _is_positive_number(getattr(args, key)):
+            raise CheckpointError(f"{where}: {key} = {getattr(args, key)!r} in the config is not a finite "
+                                  "number > 0")
+    if not _is_int(args.max_seq_len) or args.max_seq_len <= 0:
+        raise CheckpointError(f"{where}: the context length {args.max_seq_len!r} in the config is not a positive "
+                              "integer")
+    if not isinstance(args.tie_embeddings, bool):
+        raise CheckpointError(f"{where}: tie_embeddings = {args.tie_embeddings!r} in the config is not true/false")
     if args.dim % args.n_heads or args.n_heads % args.n_kv_heads or (args.dim // args.n_heads) % 2:
         raise CheckpointError(f"{where}: dim {args.dim}, {args.n_heads} heads and {args.n_kv_heads} kv heads "
                               "do not divide evenly")
+
+
+def _check_block_count(args: ModelArgs, names: list, where: Path):
+    """The file's blocks against the config's n_layers, from the tensors' names alone: a config claiming 10⁹
+    layers is refused here, before building the model (even on the meta device, 10⁹ modules exhaust memory)."""
+    blocks = {int(n.split(".")[1]) for n in names if n.startswith("layers.") and n.split(".")[1].isdigit()}
+    if blocks != set(range(len(blocks))) or len(blocks) != args.n_layers:
+        raise CheckpointError(f"{where}: the config says n_layers = {args.n_layers}, the file holds "
+                              f"{len(blocks)} blocks")
+
+
+def _check_weight(t, name: str, shape: tuple, where: Path):
+    """A tensor as read: a floating-point tensor of the shape the config implies."""
+    if not isinstance(t, torch.Tensor):
+        raise CheckpointError(f"{where}: {name} is a {type(t).__name__}, not a tensor")
+    if tuple(t.shape) != shape:
+        raise CheckpointError(f"{where}: {name} has shape {tuple(t.shape)}, the config implies {shape}")
+    if not t.is_floating_point():
+        raise CheckpointError(f"{where}: {name} holds {t.dtype}, not floating-point weights")
+
+
+def _check_finite(t: torch.Tensor, name: str, where: Path) -> torch.Tensor:
+    """One isfinite pass over a weight as converted (a value beyond float16's range becomes Inf there): a NaN
+    or Inf weight would make every result NaN without a word."""
+    finite = torch.isfinite(t)
+    if not finite.all():
+        first = tuple(int(i) for i in (~finite).nonzero()[0])
+        raise CheckpointError(f"{where}: {name} holds {int((~finite).sum())} non-finite values in {t.dtype} "
+                              f"(the first, {t[first].item()}, at {list(first)})")
+    return t
 
 
 def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype=torch.float32,
@@ -636,8 +740,13 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
     checking each tensor's shape before it is converted, so that memory holds one copy of the model.
     `quant` (prefix -> (spec, function returning the packed tensors)) puts QuantLinears in those places."""
     _validate(args, where)
-    with torch.device("meta"):
-        model = Transformer(args)
+    _check_block_count(args, list(tensors) + list(quant or {}), where)
+    try:
+        with torch.device("meta"):
+            model = Transformer(args)
+    except RuntimeError as e:  # sizes whose product overflows even on the meta device
+        raise CheckpointError(f"{where}: the config's sizes (dim {args.dim}, hidden_dim {args.hidden_dim}, vocab "
+                              f"{args.vocab_size}) are too large to build ({_first_line(e)})") from None
     for prefix, (spec, read) in (quant or {}).items():
         parent, _, leaf = prefix.rpartition(".")
         try:
@@ -663,9 +772,8 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
         source = tensors[name]
         if id(source) not in converted:  # a tied embedding is read once
             t = source()
-            if tuple(t.shape) != shape:
-                raise CheckpointError(f"{where}: {name} has shape {tuple(t.shape)}, the config implies {shape}")
-            converted[id(source)] = t.to(device=device, dtype=dtype)
+            _check_weight(t, name, shape, where)
+            converted[id(source)] = _check_finite(t.to(device=device, dtype=dtype), name, where)
         state[name] = converted[id(source)]
     state.update({n: t for n, t in model.state_dict().items() if not t.is_meta})  # the packed linears' own
     model.load_state_dict(state, assign=True, strict=True)
@@ -689,12 +797,66 @@ def num_params(model: nn.Module) -> int:
     return quantized + sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-if __name__ == "__main__":
-    import argparse
+# -----------------------------------------------------------------------------
+# What every command line shares: one-line errors, signals, devices
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr ("error: ..."), exit code 2, without the usage text."""
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised wherever the program is, so that `finally` blocks still run (a temporary file
+    is removed) and main() prints one line and exits with 128 + the signal's number: 130, 143. A
+    BaseException, so that no `except Exception` on the way turns it into a different error."""
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def interruptible():
+    """While the block runs, SIGINT and SIGTERM raise Interrupted (main thread only: elsewhere Python cannot
+    install handlers, and nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def handler(signum, frame):
+        raise Interrupted(signum)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def check_device(name: str) -> str | None:
+    """None if torch can put a tensor on device `name`; otherwise why not, in one line."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        return f"--device {name}: not a device torch knows ({_first_line(e)})"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {name}: this torch build sees no CUDA device"
+    try:
+        torch.empty(1, device=device)
+    except Exception as e:  # each backend raises its own type: RuntimeError, AssertionError, ...
+        return f"--device {name}: not usable here ({_first_line(e)})"
+    return None
+
+
+def check_seed(seed: int) -> str | None:
+    if not 0 <= seed < 2**63:
+        return f"--seed {seed}: must be in 0 .. 2^63 - 1"
+    return None
+
+
+def _main():
     import resource
-    import sys
     import time
-    p = argparse.ArgumentParser(description="Load a checkpoint; print its shape, load time and peak memory.")
+    p = Parser(description="Load a checkpoint; print its shape, load time and peak memory.")
     p.add_argument("--ckpt", default=None, help="checkpoint path or name (default: the embedded SmolLM2-135M)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     a = p.parse_args()
@@ -702,7 +864,8 @@ if __name__ == "__main__":
     try:
         m = load_checkpoint(a.ckpt, dtype=getattr(torch, a.dtype))
     except CheckpointError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     seconds = time.time() - t0
     print(m.args)
 
@@ -713,3 +876,13 @@ if __name__ == "__main__":
     with torch.inference_mode():  # a forward pass touches every weight: memory-mapped ones become resident
         m(torch.zeros(1, 16, dtype=torch.long))
     print(f"one 16-token forward pass in {time.time() - t0:.1f} s, peak RSS {peak_gib():.2f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        with interruptible():
+            sys.exit(_main())
+    except Interrupted as e:
+        print(f"error: interrupted by {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)

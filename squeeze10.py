@@ -88,10 +88,12 @@ A file is version 2 when any linear uses this layout; the other layouts write ve
 """
 import argparse
 import copy
+import glob
 import json
 import math
 import os
 import resource
+import stat
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -99,6 +101,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import data
@@ -252,7 +255,7 @@ def fias_target(W, H, C, delta):
     ‖W·X_fpᵀ − Ŵ·X_qᵀ‖² + δ‖W − Ŵ‖² = const + ‖(W* − Ŵ)·X_qᵀ‖² + δ‖W* − Ŵ‖² (in units of n/2), so every
     stage below quantizes W* against H unchanged. Where the streams agree (C = H̃), W* = W. Solved in
     float64 through H's Cholesky factor; never inverted."""
-    L = torch.linalg.cholesky(H.double())
+    L = safe_cholesky(H.double())
     C = C.double()
     C.diagonal().add_(delta)                                  # C + δI, without an (in, in) identity
     rhs = C.T @ W.double().T                                  # (in, out)
@@ -296,7 +299,7 @@ class OutputErrors:
 
 def inverse_cholesky(H):
     """U, the upper Cholesky factor of H⁻¹ (GPTQ's Hinv): d_j = U_jj scales column j's error."""
-    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    return safe_cholesky(torch.cholesky_inverse(safe_cholesky(H)), upper=True)
 
 
 class RowGroupQuantizer:
@@ -707,32 +710,137 @@ def linear_bits(tensors: dict, spec: dict) -> dict:
             "scales": scales / (out * n), "total": total / (out * n), "bytes": total // 8}
 
 
+class WriteError(OSError):
+    """Writing the output failed (full disk, I/O error, ...): a one-line message naming the path."""
+
+
+def checksums(tensors: dict) -> dict:
+    """The metadata's record of every tensor's bytes (kernels.CHECKSUM), which the loader checks: any tensor
+    of any layout, so that a flipped bit anywhere in the file is found and named."""
+    return dict(algorithm=kernels.CHECKSUM, tensors={n: kernels.tensor_checksum(t) for n, t in sorted(tensors.items())})
+
+
+def partial_name(path: Path, pid: int | None = None) -> Path:
+    """Where `path` is written before the rename: `.NAME.PID.partial` beside it, so that a file left by a
+    killed run (SIGKILL, power loss) says which output it was for, and which process wrote it."""
+    return path.with_name(f".{path.name}.{os.getpid() if pid is None else pid}.partial")
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Delete what killed runs left while writing `path` (their process is gone); returns what it removed."""
+    removed = []
+    for f in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+        pid = f.name[len(path.name) + 2:-len(".partial")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)                   # no error: that process still runs (and may be writing)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:                    # another user's live process
+            continue
+        try:
+            f.unlink()
+            removed.append(f)
+        except OSError:
+            pass
+    return removed
+
+
 def write_atomic(path: Path, tensors: dict, metadata: dict):
-    """Write to a temporary name in the same directory, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """Write to a temporary name in the same directory (`partial_name`), flush it to disk, then rename: an
+    error, SIGINT or SIGTERM (model.interruptible makes them exceptions) removes the temporary file and leaves
+    an older file at `path` as it was. Any failure is a WriteError naming `path`: safetensors raises its own
+    SafetensorError, not an OSError, when the disk is full."""
+    tmp = partial_name(path)
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)          # safetensors creates files 0600; give the usual permissions
-        os.replace(tmp, path)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+            with open(tmp, "rb+") as f:            # a full disk or an I/O error can surface only here
+                os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)          # safetensors creates files 0600; give the usual permissions
+            os.replace(tmp, path)
+        except (OSError, SafetensorError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+            raise WriteError(f"{path}: cannot write: {reason}") from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def check_writable(path: Path):
-    """Fail before hours of work, not after: the output's directory must exist and accept a new file."""
-    if path.is_dir():
+FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+              (stat.S_ISSOCK, "a socket"))
+
+
+def check_writable(path: Path, inputs=()) -> Path:
+    """Fail before hours of work, not after: the output must be a regular file or a new name in a directory
+    that accepts files, and not one of the `inputs` (the same inode, or the same path once resolved). A
+    symlink is followed: its target is written. Removes what killed runs left there. Returns the path to
+    write."""
+    target = path.resolve() if path.is_symlink() else path
+    via = f" (through the symlink {path})" if target != path else ""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise SettingsError(f"{path}: cannot write: {e.strerror or e}") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
         raise SettingsError(f"{path}: is a directory; --out needs a file name")
-    parent = path.parent
+    for test, kind in FILE_KINDS:
+        if st is not None and test(st.st_mode):
+            raise SettingsError(f"{target}: is {kind}{via}; --out must be a regular file or a new file name")
+    for inp in inputs:
+        same = os.path.realpath(inp) == os.path.realpath(target)
+        if st is not None and not same:
+            try:
+                same = os.path.samestat(st, os.stat(inp))
+            except OSError:
+                pass
+        if same:
+            raise SettingsError(f"{path}: is the input {inp}; writing there would destroy it")
+    parent = target.parent
     if not parent.is_dir():
         raise SettingsError(f"{path}: cannot write: directory {parent} does not exist")
-    probe = parent / f".{path.name}.probe{os.getpid()}"
+    remove_stale_partials(target)
+    probe = partial_name(target)
     try:
         probe.touch()
         probe.unlink()
     except OSError as e:
         raise SettingsError(f"{path}: cannot write: {e.strerror or e}") from None
+    return target
+
+
+def safe_cholesky(H, upper: bool = False):
+    """torch.linalg.cholesky, for a Hessian that may be degenerate (collinear inputs, too little damping): a
+    factorisation that fails is retried with 10×, 100× and 1000× DAMP · mean(diag H) added to the diagonal,
+    and each retry is recorded in DAMPING_RETRIES (the report lists them). A Hessian with NaN or Inf
+    entries, or one no retry rescues, is a QuantizationError (main names the layer)."""
+    if not torch.isfinite(H).all():
+        raise QuantizationError("the calibration statistics hold NaN or Inf (the activations overflowed)")
+    L, info = torch.linalg.cholesky_ex(H, upper=upper)
+    if info == 0:
+        return L
+    base = H.diagonal().mean().abs().item()
+    for factor in (10, 100, 1000):
+        extra = factor * DAMP * base
+        L, info = torch.linalg.cholesky_ex(H + extra * torch.eye(H.shape[0], dtype=H.dtype, device=H.device),
+                                           upper=upper)
+        if info == 0:
+            DAMPING_RETRIES.append(dict(size=H.shape[0], factor=factor, added=extra))
+            return L
+    raise QuantizationError(f"the {H.shape[0]}x{H.shape[0]} Hessian is not positive definite, even with "
+                            f"1000x the damping added")
+
+
+class QuantizationError(ValueError):
+    """The numbers of a layer cannot be quantized (NaN or Inf, a Hessian beyond damping): one line."""
+
+
+DAMPING_RETRIES = []  # safe_cholesky's retries in this process, in order: main() empties it and reports them
 
 
 # -----------------------------------------------------------------------------
@@ -803,8 +911,9 @@ def save_packed(path: Path, model, packed: dict, specs: dict, info: dict):
     for prefix, parts in packed.items():
         for k, t in parts.items():
             tensors[f"{prefix}.{k}"] = t.contiguous()
-    version = 2 if any(spec["layout"] == kernels.COLUMNS for spec in specs.values()) else 1   # v1 files unchanged
-    meta = dict(format=kernels.FORMAT, version=version, config=asdict(model.args), linears=specs, **info)
+    version = 2 if any(spec["layout"] == kernels.COLUMNS for spec in specs.values()) else 1   # v1 files as before
+    meta = dict(format=kernels.FORMAT, version=version, config=asdict(model.args), linears=specs,
+                checksums=checksums(tensors), **info)
     write_atomic(path, tensors, {kernels.FORMAT: json.dumps(meta, sort_keys=True)})
 
 
@@ -877,7 +986,7 @@ def stem(ckpt: Path) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = llama.Parser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=None, help="checkpoint directory, .gguf, or name (default: embedded SmolLM2)")
     p.add_argument("--synthetic", default=None, choices=SYNTHETIC, help="random weights of this model's shapes")
@@ -915,8 +1024,10 @@ def prepare(a):
     """Check every argument, load the model and tokenize the calibration set: everything that can fail on
     bad input fails here, before any quantization. Returns the model, tokens, settings and file facts."""
     s = settings_from_args(a)
-    if a.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SettingsError(f"--device {a.device}: this torch build sees no CUDA device")
+    if llama.check_device(a.device):
+        raise SettingsError(llama.check_device(a.device))
+    if llama.check_seed(a.seed):
+        raise SettingsError(llama.check_seed(a.seed))
     for flag, least in (("nsamples", 1), ("seqlen", 2), ("blocks", 1)):
         if getattr(a, flag) is not None and getattr(a, flag) < least:
             raise SettingsError(f"--{flag} {getattr(a, flag)}: must be at least {least}")
@@ -930,13 +1041,16 @@ def prepare(a):
     out = Path(a.out) if a.out else Path("out") / f"{name}.{a.preset}.safetensors"
     if not a.out:
         out.parent.mkdir(exist_ok=True)
-    check_writable(out)
+    out = check_writable(out, input_files(ckpt, a.tokenizer, rest[0] if rest else None))
     if a.synthetic:
         model = synthetic_model(a.synthetic, a.blocks, a.seed)
     else:  # bf16 keeps a 7B model in 13 GB; each block is quantized in fp32 on the device
         model = llama.load_checkpoint(ckpt, dtype=torch.float32 if ckpt.suffix == ".gguf" else torch.bfloat16)
     cal = default_calibration(SYNTHETIC[a.synthetic] if a.synthetic else model.args)
     cal = Calibration(a.nsamples or cal.nsamples, a.seqlen or cal.seqlen, a.seed)
+    if cal.seqlen > model.args.max_seq_len:   # positions the model never saw: its activations mean nothing
+        raise SettingsError(f"--seqlen {cal.seqlen}: longer than the model's context of {model.args.max_seq_len} "
+                            "tokens (its config's context length)")
     if a.synthetic:
         gen = torch.Generator().manual_seed(a.seed)
         tokens = torch.randint(model.args.vocab_size, (cal.nsamples, cal.seqlen), generator=gen)
@@ -956,28 +1070,67 @@ def prepare(a):
     return model, tokens, s, name, out, info
 
 
+def input_files(*paths) -> list[Path]:
+    """Every file a run reads (a directory: the files in it), which --out must not be."""
+    files = []
+    for p in paths:
+        if p is not None and Path(p).is_dir():
+            files += [f for f in Path(p).iterdir() if f.is_file()]
+        elif p is not None and Path(p).exists():
+            files.append(Path(p))
+    return files
+
+
 def main(argv=None):
+    """The command line. SIGINT and SIGTERM end it with one line and exit code 130 / 143, and no partial file."""
     a = parse_args(argv)
+    try:
+        with llama.interruptible():
+            return run(a)
+    except llama.Interrupted as e:
+        print(f"error: interrupted by {e}; no partial file is left", file=sys.stderr)
+        return 128 + e.signum
+
+
+def run(a) -> int:
     t_start = time.time()
     try:
         model, tokens, s, name, out, info = prepare(a)
     except (SettingsError, llama.CheckpointError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    blocks_done = 0
+    DAMPING_RETRIES.clear()
 
     def log(msg):
+        nonlocal blocks_done
+        if msg.startswith("block "):     # quantize_model reports each block when it is done
+            for r in DAMPING_RETRIES:
+                r.setdefault("layer", f"layers.{blocks_done}")
+            blocks_done += 1
         print(msg, file=sys.stderr, flush=True)
     log(f"{name}: {llama.num_params(model) / 1e6:.1f}M parameters, {model.args.n_layers} blocks; "
         f"preset {a.preset}: " + ", ".join(f"{k}={v}" for k, v in asdict(s).items()))
     log(f"calibration: {tokens.shape[0]} x {tokens.shape[1]} tokens from {info['calib_source']}, seed {a.seed}; "
         f"device {a.device}; writing {out}")
     t_quant = time.time()
-    packed, specs, report = quantize_model(model, tokens, s, a.device, log)
+    try:
+        packed, specs, report = quantize_model(model, tokens, s, a.device, log)
+    except QuantizationError as e:
+        print(f"error: layers.{blocks_done} (block {blocks_done + 1}): {e}; no file written", file=sys.stderr)
+        return 2
     quant_seconds = time.time() - t_quant
     info["report"] = [{k: v for k, v in r.items() if k != "seconds"} for r in report]  # no timings: same bytes
+    if DAMPING_RETRIES:
+        info["damping_retries"] = list(DAMPING_RETRIES)
+        for r in DAMPING_RETRIES:
+            log(f"{r['layer']}: a Hessian ({r['size']} inputs) needed {r['factor']}x the damping to factorise")
     try:
         save_packed(out, model, packed, specs, info)
-    except (SettingsError, OSError) as e:
+    except WriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SettingsError as e:
         print(f"error: {out}: {e}", file=sys.stderr)
         return 2
 
@@ -992,11 +1145,14 @@ def main(argv=None):
         log(f"quantization {quant_seconds:.1f} s for {a.blocks} blocks; extrapolated to {full} blocks: "
             f"{totals['extrapolated_seconds']:.0f} s")
     print_report(report, totals)
+    for r in info.get("damping_retries", []):
+        print(f"damping: {r['layer']}, a {r['size']}-input Hessian factorised only with {r['factor']}x DAMP "
+              f"({r['added']:.3g} added to its diagonal)")
     print(f"wrote {out} in {totals['wall_seconds']:.1f} s (quantization {quant_seconds:.1f} s), "
           f"peak RSS {totals['peak_rss_mb'] / 1024:.2f} GiB")
     if a.json:
         print(json.dumps(dict(out=str(out), preset=a.preset, settings=asdict(s), calibration=info["calibration"],
-                              totals=totals, layers=report)))
+                              totals=totals, layers=report, damping_retries=info.get("damping_retries", []))))
     return 0
 
 
