@@ -221,7 +221,8 @@ def expected_columns_shapes(spec: dict) -> dict:
             "high": ((out, bit_bytes(k, hb)), torch.uint8),
             "binary": ((out, ng, 2), dtype),
             "scale": ((out, ng), dtype),
-            "zero": ((out, bit_bytes(ng, hb)), torch.uint8)}
+            "zero": ((out, bit_bytes(ng, hb)), torch.uint8),
+            **({"colscale": ((n_in,), dtype)} if spec.get("column_scale") else {})}
 
 
 def check_columns_spec(spec: dict, tensors: dict):
@@ -233,6 +234,8 @@ def check_columns_spec(spec: dict, tensors: dict):
         raise ValueError(f"salient columns {spec.get('k')!r} do not fit {n_in} input columns")
     if not isinstance(spec.get("block_rows"), int) or not 1 <= spec["block_rows"] <= out:
         raise ValueError(f"block_rows {spec.get('block_rows')!r} outside 1..{out}")
+    if spec.get("column_scale", False) is not True and "column_scale" in spec:
+        raise ValueError(f"column_scale {spec['column_scale']!r}: expected true or absent")
     if not 1 <= spec["high_bits"] <= 8 or not isinstance(spec.get("unit_exp", 0), int):
         raise ValueError(f"high_bits {spec['high_bits']} outside 1..8, or unit_exp not an integer")
     expected = expected_columns_shapes(spec)
@@ -277,7 +280,11 @@ def dequantize_columns(tensors: dict, spec: dict) -> torch.Tensor:
     mu, alpha, scale, zero = columns_params(tensors, spec)
     col_group = torch.arange(n_in, device=salient.device) // spec["group_size"]
     mu, alpha = mu[:, col_group], alpha[:, col_group]
-    binary = torch.where(codes == 1, mu + alpha, mu - alpha)
+    if spec.get("column_scale"):                               # binary w = μ ± α·c_j
+        ac = alpha * tensors["colscale"].float()
+        binary = torch.where(codes == 1, mu + ac, mu - ac)
+    else:
+        binary = torch.where(codes == 1, mu + alpha, mu - alpha)
     return torch.where(salient, scale[:, col_group] * (codes - zero[:, col_group]), binary)
 
 

@@ -645,7 +645,7 @@ def _load_packed(path: Path):
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{path}: {prefix}: {_first_line(e)}") from None
         for name, t in parts.items():
-            if t.is_floating_point() and not torch.isfinite(t).all():
+            if t.is_floating_point() and not torch.isfinite(t.float() if t.element_size() == 1 else t).all():
                 raise CheckpointError(f"{path}: {prefix}.{name} holds NaN or Inf")
         return parts
     quant = {prefix: (specs[prefix], lambda prefix=prefix: packed(prefix)) for prefix in specs}
@@ -758,6 +758,8 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
                                   f"{[linear.out_features, linear.in_features]}")
         try:
             setattr(model.get_submodule(parent), leaf, QuantLinear(spec, {n: t.to(device) for n, t in read().items()}))
+        except CheckpointError:            # read() names the file and the linear already
+            raise
         except ValueError as e:            # what cpu_layout finds wrong in the bytes themselves
             raise CheckpointError(f"{where}: {prefix}: {_first_line(e)}") from None
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items() if p.is_meta}

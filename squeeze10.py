@@ -82,6 +82,8 @@ with "scales": "fp8" they are float8 e4m3 numbers in units of 2^unit_exp (one po
         fp8|fp16 binary[out][ng][2];         // μ, α of each row-group (over its binary weights)
         fp8|fp16 scale[out][ng];             // salient w = scale · (code − zero), per row-group
         uint8 zero[out][ceil(ng·high_bits/8)];   // the ng zero points, high_bits each, LSB first
+        fp8|fp16 colscale[in];               // "column_scale": binary w = μ ± α·colscale[j] (ARB-LLM's RC),
+                                             //   as stored: fp8 without a unit (c is normalised to mean 1)
     };
 
 A file is version 2 when any linear uses this layout; the other layouts write version 1, as before.
@@ -128,6 +130,8 @@ class SettingsError(ValueError):
 
 @dataclass
 class Settings:
+    """The field defaults are the paper's method as METHOD.md reads it (preset `paper`, format version 1);
+    preset `squeeze10`, the default, changes the fields in VERSION2."""
     mid_bits: int = 4          # stage 1 grid; 16 skips the stage (W_mid = W)
     salient: float = 0.2       # fraction of each row-group kept on the high grid (0: all binary, 1: no binary)
     high_bits: int = 4         # the salient weights' grid
@@ -143,11 +147,14 @@ class Settings:
     block_rows: int = 0        # columns: rows that share one choice of salient columns (0: the whole layer)
     scales: str = "fp16"       # fp16 (version 1) | fp8: μ, α, scale as float8 e4m3 × a power of two per linear
     refit: bool = False        # re-fit μ, α, scale in closed form to the layer objective once the codes are fixed
+    column_scale: bool = False  # columns: binary weights μ ± α·c_j, one c per input column (ARB-LLM's RC)
+    tune_steps: int = 0        # Adam steps of block-wise tuning of μ, α, scale against the fp block's output
 
 
+VERSION2 = dict(structure="columns", block_rows=32, scales="fp8", column_scale=True, refit=True, mid_bits=16)
 PRESETS = {  # METHOD.md's table: baselines are presets of the same pipeline
-    "squeeze10": Settings(),
-    "paper": Settings(),
+    "squeeze10": Settings(**VERSION2),   # the default: version 2, ~1.9 bits (README: "Version 2")
+    "paper": Settings(),                 # the paper-faithful format (version 1, 2.917 bits): the field defaults
     "pbllm": Settings(mid_bits=16, salient=0.1, high_bits=8, pbar=False, fias="off"),
     "gptq2": Settings(mid_bits=16, salient=1.0, high_bits=2, pbar=False, fias="off"),
     "gptq4": Settings(mid_bits=16, salient=1.0, high_bits=4, pbar=False, fias="off"),
@@ -173,10 +180,14 @@ def check_settings(s: Settings):
         raise SettingsError(f"--fias {s.fias}: must be one of {', '.join(FIAS_MODES)}")
     if s.structure not in STRUCTURES:
         raise SettingsError(f"--structure {s.structure}: must be one of {', '.join(STRUCTURES)}")
+    if s.tune_steps < 0:
+        raise SettingsError(f"--tune-steps {s.tune_steps}: must be at least 0")
     if s.block_rows < 0:
         raise SettingsError(f"--block-rows {s.block_rows}: must be at least 0 (0: all rows of a layer)")
     if s.scales not in SCALES:
         raise SettingsError(f"--scales {s.scales}: must be one of {', '.join(SCALES)}")
+    if s.column_scale and layout_of(s) != kernels.COLUMNS:
+        raise SettingsError("--column-scale: only the columns layout (--structure columns, 0 < --salient < 1)")
     if s.scales == "fp8" and layout_of(s) != kernels.COLUMNS:
         raise SettingsError("--scales fp8: only the columns layout (--structure columns, 0 < --salient < 1) stores fp8")
 
@@ -308,11 +319,14 @@ class RowGroupQuantizer:
     weight on the grid (stage 1, the GPTQ presets). Records each weight's code (grid code or sign bit).
     Works on columns: `fit` sees a group as (out, width), `__call__` one column (out,) at a time."""
 
-    def __init__(self, shape, group_size: int, bits: int, mask=None, device="cpu", unit=None):
+    def __init__(self, shape, group_size: int, bits: int, mask=None, device="cpu", unit=None, colscale=None):
         out, n = shape
         ng = math.ceil(n / group_size)
         self.G, self.maxq = group_size, 2 ** bits - 1
         self.unit = None if unit is None else unit.to(device)[:, None]   # fp8 scales: each row's power of two
+        # column scaling of the signs (ARB-LLM's "RC"): binary w_ij = μ ± α·c_j; colscale (out, in), each
+        # linear's c repeated over its rows
+        self.colscale_t = None if colscale is None else colscale.to(device).T.contiguous()
         mask = torch.ones(out, n, dtype=torch.bool, device=device) if mask is None else mask.to(device)
         self.mask_t = mask.T.contiguous()                          # (in, out): column j is row j
         self.has_grid, self.has_binary = bool(mask.any()), not bool(mask.all())
@@ -331,9 +345,15 @@ class RowGroupQuantizer:
         if self.has_binary:  # μ ± α over the non-salient weights only
             count = (~m).sum(1).clamp(min=1)
             mu = torch.where(m, 0, w).sum(1) / count
-            alpha = torch.where(m, 0, (w - mu[:, None]).abs()).sum(1) / count
+            if self.colscale_t is None:
+                alpha = torch.where(m, 0, (w - mu[:, None]).abs()).sum(1) / count
+            else:           # least squares for μ ± α·c_j: α = Σ c_j·|w_j − μ| / Σ c_j²
+                c = self.colscale_t[g * self.G:g * self.G + w.shape[1]].T
+                alpha = torch.where(m, 0, c * (w - mu[:, None]).abs()).sum(1) / \
+                    torch.where(m, 0, c * c).sum(1).clamp(min=1e-30)
             self.mu[:, g], self.alpha[:, g] = self.round(mu[:, None])[:, 0], self.round(alpha[:, None])[:, 0]
         self.s, self.z, self.centre = self.scale[:, g].clone(), self.zero[:, g].clone(), self.mu[:, g].clone()
+        self.a = self.alpha[:, g].clone()
         self.plus, self.minus = self.mu[:, g] + self.alpha[:, g], self.mu[:, g] - self.alpha[:, g]
 
     def __call__(self, w, j: int):
@@ -345,7 +365,11 @@ class RowGroupQuantizer:
                 self.codes_t[j] = code
                 return high
         plus = w >= self.centre
-        low = torch.where(plus, self.plus, self.minus)
+        if self.colscale_t is None:
+            low = torch.where(plus, self.plus, self.minus)
+        else:
+            ac = self.a * self.colscale_t[j]                    # the arithmetic of kernels.dequantize_columns
+            low = torch.where(plus, self.centre + ac, self.centre - ac)
         if not self.has_grid:
             self.codes_t[j] = plus
             return low
@@ -455,6 +479,32 @@ def column_mask(M, salient: float, block_rows: int):
     return mask
 
 
+COLSCALE_ITERS = 4    # alternations of the row and column factors in `column_scales`
+
+
+def column_scales(W, mask, G: int, dtype=torch.float16):
+    """ARB-LLM's row × column scaling of the signs, fitted once per linear before stage 3: the binary
+    weights W_ij (mask False) ≈ μ_ig ± α_ig·c_j, with μ the row-group's mean, by alternating least squares
+    for α (per row-group) and c (per input column), c normalised to mean 1 and rounded to `dtype`
+    (fp16, or float8 e4m3 around 1). Returns c (in,)."""
+    out, n = W.shape
+    col_group = torch.arange(n, device=W.device) // G
+    binary = (~mask).float()
+    ng = math.ceil(n / G)
+
+    def group_sum(x):                                          # (out, in) -> (out, ng)
+        return torch.zeros(out, ng, device=W.device).index_add_(1, col_group, x)
+    mu = group_sum(W * binary) / group_sum(binary).clamp(min=1)
+    D = (W - mu[:, col_group]).abs() * binary                   # |w − μ| on the binary weights
+    c = torch.ones(n, device=W.device)
+    for _ in range(COLSCALE_ITERS):
+        alpha = group_sum(D * c) / group_sum(binary * c * c).clamp(min=1e-30)        # (out, ng)
+        a = alpha[:, col_group] * binary
+        c = (a * D).sum(0) / (a * a).sum(0).clamp(min=1e-30)
+        c = c / c[binary.any(0)].mean().clamp(min=1e-30)
+    return c.clamp(2 ** -6, 448).to(dtype).float()
+
+
 # -----------------------------------------------------------------------------
 # 4. Stage 3, and the whole pipeline for one group of linears
 
@@ -468,11 +518,15 @@ def dequantized(q: RowGroupQuantizer, mask):
     col_group = torch.arange(n, device=mask.device) // q.G
     codes = q.codes.float()
     mu, alpha = q.mu[:, col_group], q.alpha[:, col_group]
-    binary = torch.where(codes == 1, mu + alpha, mu - alpha)
+    if q.colscale_t is not None:
+        ac = alpha * q.colscale_t.T
+        binary = torch.where(codes == 1, mu + ac, mu - ac)
+    else:
+        binary = torch.where(codes == 1, mu + alpha, mu - alpha)
     return torch.where(mask, q.scale[:, col_group] * (codes - q.zero[:, col_group]), binary)
 
 
-def refit_system(W, H, codes, mask, zero, G: int):
+def refit_system(W, H, codes, mask, zero, G: int, colscale=None):
     """The refit's normal equations for rows W (rows, in), in float64: A (rows, P, P) = B_iᵀHB_i and
     b (rows, P) = B_iᵀH·w_i, parameters in the order [μ_g for every row-group g, then α_g, then scale_g].
 
@@ -485,7 +539,8 @@ def refit_system(W, H, codes, mask, zero, G: int):
     col_group = torch.arange(n, device=W.device) // G
     codes = codes.double()
     parts = torch.stack([(~mask).double(),                                    # μ: the binary weights
-                         torch.where(mask, 0.0, 2 * codes - 1),               # α: their signs
+                         torch.where(mask, 0.0, (2 * codes - 1) * (1 if colscale is None else colscale.double())),
+                                                                              # α: their signs (× c_j)
                          torch.where(mask, codes - zero[:, col_group].double(), 0.0)])  # scale: code − zero
     Hd = H.double()
     P = 3 * ng
@@ -517,7 +572,8 @@ def refit(W, H, q: RowGroupQuantizer, mask, G: int):
     step = max(1, REFIT_ROWS // W.shape[1])
     for r0 in range(0, W.shape[0], step):
         rows = slice(r0, r0 + step)
-        A, b = refit_system(W[rows], H, q.codes[rows], mask[rows], q.zero[rows], G)
+        colscale = None if q.colscale_t is None else q.colscale_t.T[rows]
+        A, b = refit_system(W[rows], H, q.codes[rows], mask[rows], q.zero[rows], G, colscale)
         old = torch.cat([q.mu[rows], q.alpha[rows], q.scale[rows]], 1).double()
         eps = REFIT_RIDGE * A.diagonal(dim1=1, dim2=2).mean(1).clamp(min=1e-30)
         ridge = torch.eye(A.shape[1], dtype=torch.float64, device=W.device) * eps[:, None, None]
@@ -560,7 +616,12 @@ def quantize_linears(weights: list, stats: Stats, s: Settings) -> list[dict]:
         mask = torch.full(W.shape, s.salient == 1, dtype=torch.bool, device=W.device)
     # stage 3: salient weights to high_bits, the rest to μ ± α, errors compensated column by column
     unit = torch.cat([fp8_unit(w) for w in W_mid.split(rows)]) if s.scales == "fp8" else None
-    quantizer = RowGroupQuantizer(W.shape, G, s.high_bits, mask, device=W.device, unit=unit)
+    colscale = None
+    if s.column_scale and 0 < s.salient < 1:
+        dtype = kernels.SCALE_DTYPES[s.scales]
+        colscale = torch.cat([column_scales(w, m, G, dtype).expand(len(w), -1)
+                              for w, m in zip(W_mid.split(rows), mask.split(rows))])
+    quantizer = RowGroupQuantizer(W.shape, G, s.high_bits, mask, device=W.device, unit=unit, colscale=colscale)
     W_hat = gptq(W_mid if s.stage3_from == "mid" else W, U, quantizer, G, compensate=s.compensate)
     if s.refit:   # the codes are fixed now: μ, α, scale re-fitted to ‖W·X_fpᵀ − Ŵ·X_qᵀ‖² (W: the FIAS target)
         W_hat = refit(W, H, quantizer, mask, G)
@@ -569,9 +630,11 @@ def quantize_linears(weights: list, stats: Stats, s: Settings) -> list[dict]:
     parts = dict(codes=q.codes, mask=mask, scale=q.scale, zero=q.zero, mu=q.mu, alpha=q.alpha)
     if unit is not None:
         parts["unit"] = unit
+    if colscale is not None:
+        parts["colscale"] = colscale
     for n in rows:
         sl = slice(r0, r0 + n)
-        records.append(dict(weight=W_hat[sl], **{k: v[sl].cpu() for k, v in parts.items()}))
+        records.append(dict(weight=W_hat[sl], group_size=G, **{k: v[sl].cpu() for k, v in parts.items()}))
         r0 += n
     return records
 
@@ -582,6 +645,7 @@ def quantize_block(fp_block, xs_fp, xs_q, freqs_cis, s: Settings):
     that memory holds each input only as long as the pass needs it). Returns the records by
     linear name, the next block's inputs in both streams, and the seconds spent per step."""
     q_block = copy.deepcopy(fp_block)
+    inputs_fp, inputs_q = (list(xs_fp), list(xs_q)) if s.tune_steps else ([], [])   # tuning needs them again
     fp_runs = [block_steps(fp_block, x, freqs_cis) for x in xs_fp]
     q_runs = [block_steps(q_block, x, freqs_cis) for x in xs_q]
     xs_fp.clear(), xs_q.clear()   # consumed: the paused passes hold the inputs now, and drop them when they can
@@ -600,9 +664,75 @@ def quantize_block(fp_block, xs_fp, xs_q, freqs_cis, s: Settings):
         seconds[names] = time.time() - t0
     outs = [(next(fp_run), next(q_run)) for fp_run, q_run in zip(fp_runs, q_runs)]
     errors.remove()
+    ys_fp, ys_q = [o[0] for o in outs], [o[1] for o in outs]
+    if s.tune_steps:   # block-wise tuning of the continuous parameters, then both streams again
+        t0 = time.time()
+        tune_block(q_block, records, inputs_q, ys_fp, freqs_cis, s.tune_steps)
+        errors, ys_q = OutputErrors(fp_block, q_block), []
+        for x_fp, x_q in zip(inputs_fp, inputs_q):             # full precision first: the hooks pair outputs
+            fp_block(x_fp, freqs_cis)
+            ys_q.append(q_block(x_q, freqs_cis))
+        errors.remove()
+        seconds[STEPS[-1]] += time.time() - t0                 # reported with the block's last step
     for name in records:
         records[name]["rel_error"] = errors.relative(name)
-    return records, [o[0] for o in outs], [o[1] for o in outs], seconds
+    return records, ys_fp, ys_q, seconds
+
+
+TUNE_LR = 1e-2        # Adam's step on each parameter's relative change
+TUNE_SAMPLES = 4      # calibration windows per tuning step
+
+
+def record_weight(rec: dict, delta=None):
+    """Ŵ (out, in) of a quantized linear from its record: the arithmetic of kernels.dequantize, differentiable
+    in the relative changes `delta` (3, out, ng) of its μ, α and scale when given."""
+    out, n = rec["codes"].shape
+    col_group = torch.arange(n) // rec["group_size"]
+    mu, alpha, scale = rec["mu"], rec["alpha"], rec["scale"]
+    if delta is not None:
+        mu, alpha, scale = mu * (1 + delta[0]), alpha * (1 + delta[1]), scale * (1 + delta[2])
+    codes = rec["codes"].float()
+    mu, alpha = mu[:, col_group], alpha[:, col_group]
+    ac = alpha * rec["colscale"] if "colscale" in rec else alpha
+    binary = torch.where(codes == 1, mu + ac, mu - ac)
+    return torch.where(rec["mask"], scale[:, col_group] * (codes - rec["zero"][:, col_group]), binary)
+
+
+def tune_block(q_block, records: dict, xs_q: list, ys_fp: list, freqs_cis, steps: int):
+    """FIAS's target at the level of a block (PTQ1.61's learned scales): with every code fixed, `steps`
+    Adam steps on the relative change of each μ, α and scale of the block's linears, so that the quantized
+    block on X_q reproduces the full-precision block's output Y_fp (mean squared error, TUNE_SAMPLES
+    windows a step, a seeded draw). The tuned parameters are rounded to their stored precision; the block
+    keeps its old ones if the rounded result is worse on a fixed set of windows."""
+    x, y = torch.cat(xs_q), torch.cat(ys_fp)                     # (nsamples, T, dim)
+    names = list(records)
+    deltas = {n: torch.zeros(3, *records[n]["mu"].shape, requires_grad=True) for n in names}
+    opt = torch.optim.Adam(list(deltas.values()), lr=TUNE_LR)
+    gen = torch.Generator().manual_seed(0)
+    check = torch.arange(min(len(x), TUNE_SAMPLES))
+
+    def loss(weights, idx):
+        out = torch.func.functional_call(q_block, weights, (x[idx], freqs_cis))
+        return (out - y[idx]).pow(2).mean()
+    with torch.enable_grad():
+        for _ in range(steps):
+            idx = torch.randperm(len(x), generator=gen)[:TUNE_SAMPLES]
+            value = loss({f"{n}.weight": record_weight(records[n], deltas[n]) for n in names}, idx)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+    before = loss({f"{n}.weight": record_weight(records[n]) for n in names}, check)
+    tuned = {}
+    for n in names:
+        rec, d = records[n], deltas[n].detach()
+        unit = rec["unit"][:, None] if "unit" in rec else None
+        tuned[n] = dict(rec, **{k: round_params(rec[k] * (1 + d[i]), unit, positive=k == "scale")
+                                for i, k in enumerate(("mu", "alpha", "scale"))})
+    if loss({f"{n}.weight": record_weight(tuned[n]) for n in names}, check) < before:
+        for n in names:
+            records[n].update(mu=tuned[n]["mu"], alpha=tuned[n]["alpha"], scale=tuned[n]["scale"])
+    for n in names:
+        q_block.get_submodule(n).weight.copy_(record_weight(records[n]))
 
 
 # -----------------------------------------------------------------------------
@@ -632,7 +762,7 @@ def pack_columns(rec: dict, s: Settings) -> tuple[dict, dict]:
     and salient codes in column order, and its parameters in fp16 or fp8 (zeros in high_bits bits)."""
     codes, mask = rec["codes"], rec["mask"]
     out, n = codes.shape
-    R = s.block_rows or out
+    R = min(s.block_rows or out, out)
     k = int(mask[0].sum())
     first = mask[::R]                                            # (blocks, in): each block's first row
     assert torch.equal(first.repeat_interleave(R, 0)[:out], mask), "rows of a block share their salient columns"
@@ -655,6 +785,12 @@ def pack_columns(rec: dict, s: Settings) -> tuple[dict, dict]:
                    binary=stored(torch.stack([rec["mu"], rec["alpha"]], -1)),
                    scale=stored(rec["scale"]),
                    zero=pack_bits(rec["zero"].to(torch.int32), s.high_bits))
+    if s.column_scale:
+        spec["column_scale"] = True
+        c = rec["colscale"][0]
+        assert bool((rec["colscale"] == c).all()), "one column scale per input column"
+        tensors["colscale"] = c.to(dtype)
+        assert torch.equal(tensors["colscale"].float(), c)
     for name, (shape, dt) in kernels.expected_columns_shapes(spec).items():
         assert tuple(tensors[name].shape) == shape and tensors[name].dtype == dt, f"{name}: size mismatch"
     return tensors, spec
@@ -1008,6 +1144,11 @@ def parse_args(argv=None):
     p.add_argument("--refit", dest="refit", action="store_true", default=None,
                    help="re-fit μ, α, scale to the layer objective once the codes are fixed")
     p.add_argument("--no-refit", dest="refit", action="store_false", help="keep GPTQ's parameters")
+    p.add_argument("--column-scale", dest="column_scale", action="store_true", default=None,
+                   help="columns: binary weights μ ± α·c_j with one c per input column (ARB-LLM's RC)")
+    p.add_argument("--no-column-scale", dest="column_scale", action="store_false", help="binary weights μ ± α")
+    p.add_argument("--tune-steps", dest="tune_steps", type=int, default=None,
+                   help="block-wise tuning: Adam steps on μ, α, scale against the fp block's output (default 0)")
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default: by model size)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")

@@ -257,7 +257,7 @@ def case_text_too_short(tmp):
 
 def case_bad_data_spec(tmp):
     write_gguf(tmp / "t.gguf", llama.ModelArgs(**{**TINY, "vocab_size": 261}))
-    return ["--ckpt", tmp / "t.gguf", "--data", "wikitext2"], "expected 'embedded', 'wikitext2 PATH' or 'c4 PATH'"
+    return ["--ckpt", tmp / "t.gguf", "--data", "wikitext2"], "'wikitext2 PATH' or 'c4 PATH'"
 
 
 def case_missing_wikitext(tmp):

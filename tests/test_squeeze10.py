@@ -264,7 +264,7 @@ def quantize_args(d, out, *extra):
 
 def test_cli_writes_a_packed_file_that_eval_reads(capsys, tiny_gguf):
     d = tiny_gguf
-    rc, out, err = run_main(capsys, *quantize_args(d, d / "q.safetensors"), "--json")
+    rc, out, err = run_main(capsys, *quantize_args(d, d / "q.safetensors"), "--preset", "paper", "--json")
     assert rc == 0, err
     report = json.loads(out.strip().splitlines()[-1])
     assert len(report["layers"]) == 2 * 7
@@ -308,7 +308,7 @@ def test_same_seed_gives_a_byte_identical_file(capsys, tiny_gguf):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--preset", "bogus"], "--preset bogus: unknown; choose one of squeeze10, pbllm"),
+    (["--preset", "bogus"], "--preset bogus: unknown; choose one of squeeze10, paper, pbllm"),
     (["--salient", "0"], "--salient 0.0: must be in (0, 1]"),
     (["--salient", "1.5"], "--salient 1.5: must be in (0, 1]"),
     (["--mid-bits", "1"], "--mid-bits 1: must be 2..16"),
@@ -353,7 +353,7 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 def test_a_corrupt_packed_file_gives_one_line(capsys, tiny_gguf, tmp_path):
     d = tiny_gguf
-    assert run_main(capsys, *quantize_args(d, tmp_path / "q.safetensors"))[0] == 0
+    assert run_main(capsys, *quantize_args(d, tmp_path / "q.safetensors"), "--preset", "paper")[0] == 0
     raw = (tmp_path / "q.safetensors").read_bytes()
     header_len = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + header_len])

@@ -63,7 +63,9 @@ def test_quantized_layer_has_the_claimed_structure():
 
 @pytest.mark.parametrize("kw", [dict(block_rows=0), dict(block_rows=4, scales="fp8"), dict(block_rows=5),
                                 dict(block_rows=3, scales="fp8", refit=True, salient=0.35, high_bits=3),
-                                dict(block_rows=16, scales="fp8", refit=True, high_bits=8)])
+                                dict(block_rows=16, scales="fp8", refit=True, high_bits=8),
+                                dict(block_rows=4, column_scale=True), dict(block_rows=4, scales="fp8", column_scale=True),
+                                dict(block_rows=5, scales="fp8", column_scale=True, refit=True)])
 def test_pack_then_dequantize_reproduces_the_columns_quantizer_bit_for_bit(kw):
     X = correlated_inputs()
     W = torch.randn(16, 32, generator=torch.Generator().manual_seed(3))
@@ -195,3 +197,15 @@ def test_the_paper_preset_still_writes_version_1(capsys, tiny_gguf):
     assert info["version"] == 1 and all(spec["layout"] == "trits" for spec in info["linears"].values())
     m = llama.load_checkpoint(d / "v1.safetensors")
     assert m.layers[0].attention.wq._cpu is not None          # the numba kernels still take version 1
+
+
+def test_block_tuning_writes_a_file_that_reproduces_its_weights(capsys, tiny_gguf):
+    d = tiny_gguf
+    rc, out, err = run_main(capsys, *quantize_args(d, d / "tuned.safetensors"), "--structure", "columns", "--block-rows", 4,
+                            "--scales", "fp8",
+                            "--tune-steps", 5, "--json")
+    assert rc == 0, err
+    m = llama.load_checkpoint(d / "tuned.safetensors")
+    for lin in (m.layers[0].attention.wq, m.layers[1].feed_forward.w2):
+        W = lin.dequantize()
+        assert torch.isfinite(W).all() and lin.spec["scales"] == "fp8"
