@@ -151,7 +151,7 @@ class Settings:
     tune_steps: int = 0        # Adam steps of block-wise tuning of μ, α, scale against the fp block's output
 
 
-VERSION2 = dict(structure="columns", block_rows=32, scales="fp8", column_scale=True, refit=True, mid_bits=16)
+VERSION2 = dict(structure="columns", block_rows=32, scales="fp8", column_scale=True, mid_bits=16)
 PRESETS = {  # METHOD.md's table: baselines are presets of the same pipeline
     "squeeze10": Settings(**VERSION2),   # the default: version 2, ~1.9 bits (README: "Version 2")
     "paper": Settings(),                 # the paper-faithful format (version 1, 2.917 bits): the field defaults

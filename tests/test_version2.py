@@ -209,3 +209,19 @@ def test_block_tuning_writes_a_file_that_reproduces_its_weights(capsys, tiny_ggu
     for lin in (m.layers[0].attention.wq, m.layers[1].feed_forward.w2):
         W = lin.dequantize()
         assert torch.isfinite(W).all() and lin.spec["scales"] == "fp8"
+
+
+@pytest.mark.parametrize("name", ["layers.0.attention.wq.columns", "layers.0.attention.wq.binary",
+                                  "layers.1.feed_forward.w2.colscale", "layers.1.feed_forward.w1.signs"])
+def test_a_flipped_bit_in_a_version_2_file_is_named(capsys, tiny_gguf, tmp_path, name):
+    d = tiny_gguf
+    rc, _, err = run_main(capsys, *quantize_args(d, tmp_path / "v2.safetensors"), "--block-rows", 4)
+    assert rc == 0, err
+    raw = (tmp_path / "v2.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    begin, end = json.loads(raw[8:8 + n])[name]["data_offsets"]
+    bad = bytearray(raw)
+    bad[8 + n + (begin + end) // 2] ^= 0x04
+    (tmp_path / "bad.safetensors").write_bytes(bytes(bad))
+    with pytest.raises(llama.CheckpointError, match=f"{name}: its bytes do not match the sha256 checksum"):
+        llama.load_checkpoint(tmp_path / "bad.safetensors")
