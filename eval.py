@@ -368,7 +368,8 @@ def parse_args(argv=None):
                                                 "(default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.model or .gguf (default: the checkpoint's own)")
     p.add_argument("--data", nargs="+", default=["embedded"], metavar="SOURCE",
-                   help="embedded (default) | technical (the held-out embedded text) | wikitext2 PATH (wiki.test.raw or its directory) | "
+                   help="embedded (default) | technical (the held-out embedded text) | "
+                        "wikitext2 PATH (wiki.test.raw or its directory) | "
                         "c4 PATH (c4-validation.00000-of-00008.json.gz or its directory)")
     p.add_argument("--text", default=None, help="evaluate on this UTF-8 text file instead")
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per window (default 2048)")

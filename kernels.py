@@ -95,6 +95,16 @@ def expected_shapes(spec: dict) -> dict:
     return shapes
 
 
+def check_tensors(tensors: dict, expected: dict, layout: str):
+    """Raise ValueError (one line) unless `tensors` have exactly the names, shapes and dtypes `expected`."""
+    if set(tensors) != set(expected):
+        raise ValueError(f"tensors {sorted(tensors)}, the layout '{layout}' needs {sorted(expected)}")
+    for name, (shape, dtype) in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise ValueError(f"{name} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}")
+
+
 def check_spec(spec: dict, tensors: dict):
     """Raise ValueError (one line) unless `tensors` are exactly what `spec` implies."""
     if spec.get("layout") == COLUMNS:
@@ -108,13 +118,7 @@ def check_spec(spec: dict, tensors: dict):
         raise ValueError(f"salient counts {spec['k']} contradict the layout '{spec['layout']}'")
     if not 1 <= spec["high_bits"] <= 8:
         raise ValueError(f"high_bits {spec['high_bits']} outside 1..8")
-    expected = expected_shapes(spec)
-    if set(tensors) != set(expected):
-        raise ValueError(f"tensors {sorted(tensors)}, the layout '{spec['layout']}' needs {sorted(expected)}")
-    for name, (shape, dtype) in expected.items():
-        t = tensors[name]
-        if tuple(t.shape) != shape or t.dtype != dtype:
-            raise ValueError(f"{name} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}")
+    check_tensors(tensors, expected_shapes(spec), spec["layout"])
 
 
 def check_encoding(tensors: dict, spec: dict):
@@ -238,13 +242,7 @@ def check_columns_spec(spec: dict, tensors: dict):
         raise ValueError(f"column_scale {spec['column_scale']!r}: expected true or absent")
     if not 1 <= spec["high_bits"] <= 8 or not isinstance(spec.get("unit_exp", 0), int):
         raise ValueError(f"high_bits {spec['high_bits']} outside 1..8, or unit_exp not an integer")
-    expected = expected_columns_shapes(spec)
-    if set(tensors) != set(expected):
-        raise ValueError(f"tensors {sorted(tensors)}, the layout 'columns' needs {sorted(expected)}")
-    for name, (shape, dtype) in expected.items():
-        t = tensors[name]
-        if tuple(t.shape) != shape or t.dtype != dtype:
-            raise ValueError(f"{name} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}")
+    check_tensors(tensors, expected_columns_shapes(spec), COLUMNS)
 
 
 def salient_columns(tensors: dict, spec: dict) -> torch.Tensor:

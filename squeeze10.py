@@ -6,8 +6,15 @@
     python squeeze10.py --synthetic llama2-7b --blocks 2 --device cuda   # time the pipeline at 7B size
     python eval.py --ckpt out/SmolLM2-135M-Instruct.squeeze10.safetensors
 
-Every linear layer of every transformer block becomes a mix of 1-bit and 4-bit weights: 80% of each
-row-group binarized, the 20% most salient kept on a 4-bit grid. The file reads in the order the method runs:
+Every linear layer of every transformer block becomes a mix of 1-bit and 4-bit weights: 80% binarized, the
+20% most salient kept on a 4-bit grid. Two formats (presets) hold them:
+- `squeeze10` (the default, format version 2, ~1.9 true bits per weight): the salient weights are whole input
+  columns shared by blocks of 32 rows, μ, α and the grid scales are float8, and the binary weights carry one
+  scale per input column (ARB-LLM's "RC"); no 4-bit stage (it measured worse). See ../shared/METHOD.md
+  "Version 2" and the README, which measures every one of these choices.
+- `paper` (format version 1, 2.917 bits): the paper as METHOD.md reads it, each row-group choosing its own
+  26 salient weights, fp16 parameters, the staged 4-bit step.
+The file reads in the order the method runs:
 
 1. Calibration and FIAS ("Full Information Activation Supervision"). Two activation streams run through the
    calibration set, one block at a time: X_fp, the full-precision model's own activations, and X_q, those
@@ -19,8 +26,11 @@ row-group binarized, the 20% most salient kept on a 4-bit grid. The file reads i
 3. PBAR ("Post-Binarization Activation Robustness"): salience M = V/mean V + λ·B/mean B, with V the
    Hessian term (the OBS loss of removing a weight) and B = |binarization error|·(input channel range), a
    bound on how far binarizing that weight widens its output channel's range (`pbar_salience`).
-4. Stage 3: in every row-group the k = round(0.2·width) weights of largest M stay at 4 bits, the rest become
-   μ ± α, and a second GPTQ pass over W_mid compensates the error column by column (`RowGroupQuantizer`).
+4. Stage 3: in every row-group the k = round(0.2·width) weights of largest M stay at 4 bits (version 2:
+   the K = round(0.2·in) columns of largest M summed over a block's rows, `column_mask`), the rest become
+   μ ± α (version 2: μ ± α·c_j, `column_scales`), and a second GPTQ pass over W_mid compensates the error
+   column by column (`RowGroupQuantizer`). Optional, both off by default: the closed-form `refit` of μ, α,
+   scale for the fixed codes, and `tune_block`, Adam steps on them against the full-precision block's output.
 5. Packing into a safetensors file whose size proves its bits (`pack_linear`; read back by kernels.py).
 6. The report: bits from the file's bytes, output error against the full-precision layer, time, memory.
 
@@ -658,7 +668,14 @@ def quantize_block(fp_block, xs_fp, xs_q, freqs_cis, s: Settings):
             stats.add(a_fp, next(q_run))
         t0 = time.time()
         linears = [q_block.get_submodule(name) for name in names]
-        for name, lin, rec in zip(names, linears, quantize_linears([lin.weight for lin in linears], stats, s)):
+        retries = len(DAMPING_RETRIES)
+        try:
+            recs = quantize_linears([lin.weight for lin in linears], stats, s)
+        except QuantizationError as e:                          # name the linears; run() names the block
+            raise QuantizationError(f"{' + '.join(names)}: {e}") from None
+        for r in DAMPING_RETRIES[retries:]:
+            r["linears"] = " + ".join(names)
+        for name, lin, rec in zip(names, linears, recs):
             lin.weight.copy_(rec.pop("weight"))
             records[name] = rec
         seconds[names] = time.time() - t0
@@ -834,13 +851,13 @@ def salient_per_row(spec: dict) -> int:
 
 def linear_bits(tensors: dict, spec: dict) -> dict:
     """Bits per weight of one packed linear, from its tensors' bytes: payload (the paper's count: 1 per
-    binary weight, high_bits per salient one), scales (μ, α, scale, zero), index (the rest: which weights
-    are salient, and byte padding), total."""
+    binary weight, high_bits per salient one), scales (μ, α, scale, zero, column scales), index (the rest:
+    which weights are salient, and byte padding), total."""
     out, n = spec["shape"]
     n_salient = out * salient_per_row(spec)
     payload = (out * n - n_salient) + n_salient * spec["high_bits"]
-    scales = 8 * sum(tensors[k].numel() * tensors[k].element_size() for k in ("binary", "scale", "zero")
-                     if k in tensors)
+    scales = 8 * sum(tensors[k].numel() * tensors[k].element_size()
+                     for k in ("binary", "scale", "zero", "colscale") if k in tensors)
     total = 8 * sum(t.numel() * t.element_size() for t in tensors.values())
     return {"payload": payload / (out * n), "index": (total - payload - scales) / (out * n),
             "scales": scales / (out * n), "total": total / (out * n), "bytes": total // 8}
@@ -1265,7 +1282,8 @@ def run(a) -> int:
     if DAMPING_RETRIES:
         info["damping_retries"] = list(DAMPING_RETRIES)
         for r in DAMPING_RETRIES:
-            log(f"{r['layer']}: a Hessian ({r['size']} inputs) needed {r['factor']}x the damping to factorise")
+            log(f"{r['layer']} ({r.get('linears', '?')}): a Hessian ({r['size']} inputs) needed {r['factor']}x "
+                "the damping to factorise")
     try:
         save_packed(out, model, packed, specs, info)
     except WriteError as e:

@@ -273,6 +273,7 @@ def test_a_degenerate_hessian_is_retried_and_the_report_says_so(capsys, d, tmp_p
     retries = json.loads(out.strip().splitlines()[-1])["damping_retries"]
     assert retries and {r["layer"] for r in retries} == {"layers.0", "layers.1"}
     assert {r["factor"] for r in retries} == {10}
+    assert {r["linears"] for r in retries} >= {"attention.wq + attention.wk + attention.wv", "feed_forward.w2"}
     assert "damping: layers.0" in out and "needed 10x the damping" in err
     with safe_open(str(tmp_path / "q.safetensors"), "pt") as f:
         assert json.loads(f.metadata()["squeeze10"])["damping_retries"] == retries
@@ -290,7 +291,8 @@ def test_a_hessian_beyond_rescue_names_the_layer(capsys, d, tmp_path, monkeypatc
         return H * float("nan") if len(calls) > len(sq.STEPS) else H      # the first step of the second block
     monkeypatch.setattr(sq.Stats, "hessian", nan_in_block_2)
     rc, _, err = run_sq(capsys, *quantize_args(d, tmp_path / "q.safetensors"))
-    assert rc == 2 and one_line_error(err).startswith("error: layers.1 (block 2): the calibration statistics hold NaN")
+    assert rc == 2 and one_line_error(err).startswith(
+        "error: layers.1 (block 2): attention.wq + attention.wk + attention.wv: the calibration statistics hold NaN")
     assert not any(tmp_path.iterdir())
 
 
