@@ -524,16 +524,10 @@ REFIT_RIDGE = 1e-6    # the refit's pull toward the old parameters, relative to 
 
 def dequantized(q: RowGroupQuantizer, mask):
     """Ŵ (out, in) from the quantizer's codes and parameters: the arithmetic of kernels.dequantize."""
-    out, n = mask.shape
-    col_group = torch.arange(n, device=mask.device) // q.G
-    codes = q.codes.float()
-    mu, alpha = q.mu[:, col_group], q.alpha[:, col_group]
+    rec = dict(codes=q.codes, mask=mask, mu=q.mu, alpha=q.alpha, scale=q.scale, zero=q.zero, group_size=q.G)
     if q.colscale_t is not None:
-        ac = alpha * q.colscale_t.T
-        binary = torch.where(codes == 1, mu + ac, mu - ac)
-    else:
-        binary = torch.where(codes == 1, mu + alpha, mu - alpha)
-    return torch.where(mask, q.scale[:, col_group] * (codes - q.zero[:, col_group]), binary)
+        rec["colscale"] = q.colscale_t.T
+    return record_weight(rec)
 
 
 def refit_system(W, H, codes, mask, zero, G: int, colscale=None):
@@ -704,7 +698,7 @@ def record_weight(rec: dict, delta=None):
     """Ŵ (out, in) of a quantized linear from its record: the arithmetic of kernels.dequantize, differentiable
     in the relative changes `delta` (3, out, ng) of its μ, α and scale when given."""
     out, n = rec["codes"].shape
-    col_group = torch.arange(n) // rec["group_size"]
+    col_group = torch.arange(n, device=rec["mask"].device) // rec["group_size"]
     mu, alpha, scale = rec["mu"], rec["alpha"], rec["scale"]
     if delta is not None:
         mu, alpha, scale = mu * (1 + delta[0]), alpha * (1 + delta[1]), scale * (1 + delta[2])
