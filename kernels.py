@@ -1095,6 +1095,178 @@ def triton_matmul(x: torch.Tensor, tensors: dict, spec: dict, groups: torch.Tens
     return y.reshape(*x.shape[:-1], out)
 
 
+# Version 2 ("columns") on the GPU. The rows of a linear come in blocks of R = block_rows that share one set of
+# K salient input columns, so the index costs in bits per block, not per weight; a program therefore owns
+# BLOCK_N rows of ONE row-block (grid axis 0 walks blocks, then tiles inside a block) and decodes the block's
+# bitmap once as a vector of BK columns, shared by all its rows. In a row the i-th binary weight is bit i of
+# `signs` and the i-th salient code sits at bit i·HB of `high`, so for column j of block b:
+#     srank(j) = salient columns of b left of j        (table[b, g] at the row-group's start + a cumsum)
+#     brank(j) = j − srank(j)                          (binary columns left of j)
+# and the sign byte and code byte(s) of every weight are found from two (BK,) vectors of ranks: no per-weight
+# index is stored, and the byte loads of a row are ~BK·0.8/8 and ~BK·0.2·HB/8 neighbouring bytes (one or two
+# cache lines), each fetched from DRAM once. The parameters of a row-group (μ, α, scale: fp8 × 2^unit_exp or
+# fp16; the HB-bit zero point) are loaded once per row per row-group; colscale once per column per program.
+#
+# Bytes read per call (defaults: R 32, K = 0.2·in, HB 4, fp8, G 128): the linear's own bytes once, ~1.85 bits
+# a weight (0.8 signs + 0.8 codes + 0.22 parameters + 1/32 bitmap; 10.4 MB at 11008×4096, ~2.2 µs at the
+# H200's ~4.8 TB/s), the bitmap once per row tile (BLOCK_N = R/2 for small batches: twice), and x once per
+# row tile from L2 (it is 8–128 KB). Split-K: when the row tiles alone are fewer than SPLIT_PROGRAMS (4096×4096
+# has 256 of them at BLOCK_N 16), the row-groups are cut into `splits` ranges, each program writes its partial
+# sums to a (splits, M, out) fp32 buffer, and torch adds them: in a fixed order, so the result is
+# deterministic (atomics would not be), for splits·M·out·4 bytes written and read again (32 KB at 4096×4096,
+# batch 1, 2 splits).
+#
+# Block shapes, as the version-1 kernel: batch ≤ 8, BLOCK_N 16 and BK 128 with a broadcast multiply-and-sum
+# (a matrix-vector product: tensor cores would idle, and the 3-D (BLOCK_M, 16, 128) product stays ≤ 16 K
+# values at M = 8); larger batches, tl.dot on (16, BK) × (BK, 32) tiles in fp32 ("ieee": the tests hold every
+# backend to float64 within 1e-5, which tf32 would not meet). BK = next_power_of_2(G) up to 128 (≥ 16 for
+# tl.dot): a chunk never straddles two row-groups, so a row's parameters are scalars inside the chunk loop.
+# BLOCK_N never exceeds next_power_of_2(R) (nor goes under 16 for tl.dot): with R = 32 no row idles; a small R
+# (5, say) idles some.
+
+SPLIT_PROGRAMS = 512  # ~4 programs per SM on a 132-SM H100/H200: enough loads in flight to reach bandwidth
+
+
+def columns_gpu_table(tensors: dict, spec: dict) -> torch.Tensor:
+    """int32 (blocks, ng): how many of row-block b's salient columns lie left of row-group g's first column,
+    i.e. the rank of the row-group's first salient code (and, subtracted from the column, of its first sign)
+    in every row of the block. Made once per linear from the bitmap (each block's count checked against k);
+    4·blocks·ng bytes, 0.4 % of the linear's at 11008×4096. Checks the spec and the tensors' shapes first."""
+    check_columns_spec(spec, tensors)
+    n_in = spec["shape"][1]
+    blocks = column_blocks(spec)
+    one_row_per_block = dict(spec, shape=[blocks, n_in], block_rows=1)
+    bitmap = salient_columns(tensors, one_row_per_block).to(torch.int32)   # (blocks, in)
+    through = bitmap.cumsum(1, dtype=torch.int32)              # salient columns up to and including column j
+    starts = torch.arange(0, n_in, spec["group_size"], device=bitmap.device)   # each row-group's first column
+    return (through[:, starts] - bitmap[:, starts]).contiguous()
+
+
+if triton is not None:
+    @triton.jit
+    def _columns_kernel(x_ptr, part_ptr, columns_ptr, signs_ptr, high_ptr, binary_ptr, scale_ptr, zero_ptr,
+                        colscale_ptr, table_ptr,
+                        M, N, n_in, n_groups, groups_per_split, block_rows, tiles_per_block, unit,
+                        stride_xm, columns_stride, signs_stride, high_stride, zero_stride,
+                        G: tl.constexpr, HB: tl.constexpr, BK: tl.constexpr, COLSCALE: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr):
+        b = tl.program_id(0) // tiles_per_block                            # the row-block
+        in_block = (tl.program_id(0) % tiles_per_block) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows = b * block_rows + in_block                                   # output channels
+        row_ok = (in_block < block_rows) & (rows < N)
+        split = tl.program_id(1)
+        ms = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)            # rows of x
+        m_ok = ms < M
+        j = tl.arange(0, BK)                                               # position in the chunk
+        g_start = split * groups_per_split
+        g_end = tl.minimum(g_start + groups_per_split, n_groups)
+        sal_left = tl.load(table_ptr + b * n_groups + g_start)             # block b's salient columns left of here
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for g in range(g_start, g_end):
+            # the row-group's parameters, one per row: binary w = μ ± α·c_j, salient w = scale·(code − zero).
+            # Idle rows read row N − 1's instead of a masked load: fp8 has no `other` (the interpreter cannot
+            # cast one), and a masked lane's undefined byte could be a NaN that reaches the sums.
+            at = tl.minimum(rows, N - 1) * n_groups + g
+            mu = tl.load(binary_ptr + at * 2).to(tl.float32) * unit
+            alpha = tl.load(binary_ptr + at * 2 + 1).to(tl.float32) * unit
+            scale = tl.load(scale_ptr + at).to(tl.float32) * unit
+            zero_bit = g * HB                                              # zero points: HB bits each, LSB first
+            zsrc = zero_ptr + rows * zero_stride + zero_bit // 8
+            zero = tl.load(zsrc, mask=row_ok, other=0).to(tl.int32)
+            if (zero_bit % 8) + HB > 8:  # this (3-, 5-, 6- or 7-bit) zero point straddles two bytes
+                zero = zero | (tl.load(zsrc + 1, mask=row_ok, other=0).to(tl.int32) << 8)
+            zero = ((zero >> (zero_bit % 8)) & ((1 << HB) - 1)).to(tl.float32)
+            width = tl.minimum(G, n_in - g * G)
+            for c0 in range(0, width, BK):
+                col = g * G + c0 + j                                       # (BK,) input columns
+                inside = c0 + j < width
+                # the block's bitmap, once for all BLOCK_N rows; the ranks of every column among its kind
+                byte = tl.load(columns_ptr + b * columns_stride + col // 8, mask=inside, other=0).to(tl.int32)
+                salient = ((byte >> (col % 8)) & 1) == 1
+                salient = salient & inside
+                sal = salient.to(tl.int32)
+                is_binary = inside & (sal == 0)
+                srank = sal_left + tl.cumsum(sal, 0) - sal                 # salient columns left of col
+                brank = col - srank                                        # binary columns left of col
+                sal_left += tl.sum(sal, 0)
+                # binary weights: bit brank of the row's signs
+                sign_ok = row_ok[:, None] & is_binary[None, :]
+                s = tl.load(signs_ptr + rows[:, None] * signs_stride + (brank // 8)[None, :], mask=sign_ok,
+                            other=0)
+                plus = ((s.to(tl.int32) >> (brank % 8)[None, :]) & 1) == 1
+                if COLSCALE:
+                    c = tl.load(colscale_ptr + tl.minimum(col, n_in - 1)).to(tl.float32)   # (as μ, α: no mask)
+                    ac = alpha[:, None] * c[None, :]
+                else:
+                    ac = alpha[:, None]
+                w = tl.where(plus, mu[:, None] + ac, mu[:, None] - ac)       # (BLOCK_N, BK)
+                # salient weights: HB bits at bit srank·HB of the row's high
+                bit = srank * HB
+                code_ok = row_ok[:, None] & salient[None, :]
+                src = high_ptr + rows[:, None] * high_stride + (bit // 8)[None, :]
+                code = tl.load(src, mask=code_ok, other=0).to(tl.int32)
+                if 8 % HB != 0:  # 3-, 5-, 6-, 7-bit codes may straddle two bytes
+                    spill = code_ok & ((bit % 8) + HB > 8)[None, :]
+                    code = code | (tl.load(src + 1, mask=spill, other=0).to(tl.int32) << 8)
+                code = (code >> (bit % 8)[None, :]) & ((1 << HB) - 1)
+                w = tl.where(salient[None, :], scale[:, None] * (code.to(tl.float32) - zero[:, None]), w)
+                # x is 0 outside the chunk, where w is finite: those columns add nothing
+                xc = tl.load(x_ptr + ms[:, None] * stride_xm + col[None, :],
+                             mask=m_ok[:, None] & inside[None, :], other=0.0).to(tl.float32)
+                if DOT:
+                    acc += tl.dot(xc, tl.trans(w), input_precision="ieee")
+                else:
+                    acc += tl.sum(xc[:, None, :] * w[None, :, :], axis=2)
+        dst = part_ptr + (split * M + ms[:, None]) * N + rows[None, :]
+        tl.store(dst, acc, mask=m_ok[:, None] & row_ok[None, :])
+
+
+def triton_matmul_columns(x: torch.Tensor, tensors: dict, spec: dict, table: torch.Tensor | None = None,
+                          splits: int | None = None) -> torch.Tensor:
+    """y = x @ Wᵀ for a version-2 ("columns") linear with the Triton kernel, straight from the file's packed
+    tensors (columns, signs, high, binary, scale, zero[, colscale]; CUDA tensors, any device under
+    TRITON_INTERPRET=1). `table`: columns_gpu_table(tensors, spec) on x's device, made once per linear by the
+    caller (made here, with the tensors checked, when None). `splits`: how many ranges of row-groups a row's
+    sum is cut into (split-K); default: enough for SPLIT_PROGRAMS programs, at most one per row-group."""
+    if triton is None:
+        raise RuntimeError("the triton backend needs CUDA (or TRITON_INTERPRET=1) and the `triton` package")
+    out, n_in = spec["shape"]
+    if x.shape[-1] != n_in:
+        raise ValueError(f"x has {x.shape[-1]} features, the weight takes {n_in}")
+    table = columns_gpu_table(tensors, spec) if table is None else table   # (which checks the tensors)
+    G, R = spec["group_size"], spec["block_rows"]
+    ng = len(group_widths(n_in, G))
+    x2 = x.reshape(-1, n_in).contiguous()
+    M = x2.shape[0]
+    if M <= 8:
+        block_m, block_n, dot = triton.next_power_of_2(M), min(16, triton.next_power_of_2(R)), False
+    else:
+        block_m, block_n, dot = 16, max(16, min(32, triton.next_power_of_2(R))), True
+    bk = max(16, min(128, triton.next_power_of_2(G)))
+    tiles_per_block = triton.cdiv(R, block_n)
+    row_tiles, m_tiles = column_blocks(spec) * tiles_per_block, triton.cdiv(M, block_m)
+    if splits is None:
+        splits = max(1, min(ng, triton.cdiv(SPLIT_PROGRAMS, row_tiles * m_tiles)))
+    if splits < 1:
+        raise ValueError(f"splits {splits}: expected at least 1")
+    groups_per_split = triton.cdiv(ng, splits)
+    splits = triton.cdiv(ng, groups_per_split)                 # no empty range
+    part = torch.empty(splits, M, out, dtype=torch.float32, device=x.device)
+    unit = 2.0 ** spec.get("unit_exp", 0) if spec["scales"] == "fp8" else 1.0
+    colscale = tensors.get("colscale", table)                  # any tensor will do for a pointer never read
+    grid = (row_tiles, splits, m_tiles)
+    _columns_kernel[grid](
+        x2, part, tensors["columns"], tensors["signs"], tensors["high"], tensors["binary"], tensors["scale"],
+        tensors["zero"], colscale, table,
+        M, out, n_in, ng, groups_per_split, R, tiles_per_block, unit,
+        x2.stride(0), tensors["columns"].stride(0), tensors["signs"].stride(0), tensors["high"].stride(0),
+        tensors["zero"].stride(0),
+        G=G, HB=spec["high_bits"], BK=bk, COLSCALE="colscale" in tensors,
+        BLOCK_M=block_m, BLOCK_N=block_n, DOT=dot)
+    y = part[0] if splits == 1 else part.sum(0)
+    return y.to(x.dtype).reshape(*x.shape[:-1], out)
+
+
 # -----------------------------------------------------------------------------
 # Benchmark: python kernels.py --bench [--json]
 
