@@ -418,7 +418,7 @@ def run(args) -> int:
     try:
         tasks = [data.zeroshot_task(n, args.limit) for n in parse_tasks(args.tasks)] if args.tasks else None
         ckpt = llama.resolve_checkpoint(args.ckpt)
-        model = llama.load_checkpoint(ckpt, device=args.device, dtype=DTYPES[args.dtype])
+        model = llama.load_checkpoint(ckpt, device=args.device, dtype=DTYPES[args.dtype], backend=args.backend)
         llama.set_backend(model, args.backend)
         load_seconds = time.time() - t0
         tokenizer = data.load_tokenizer(args.tokenizer or llama.tokenizer_source(ckpt))

@@ -210,25 +210,16 @@ BACKENDS = ("auto", "reference", "numba", "triton")
 
 
 STORED_AS = {torch.float16: torch.int16, torch.float8_e4m3fn: torch.uint8}   # so model.to(dtype) can't round them
-_NOTES = set()
-
-
-def note_once(message: str):
-    """Say it on stderr, once per process: a backend that runs something slower than asked never does so silently."""
-    if message not in _NOTES:
-        _NOTES.add(message)
-        print(f"note: {message}", file=sys.stderr)
-
 
 class QuantLinear(nn.Module):
     """A block linear of a squeeze10 packed file, holding only its packed tensors (see squeeze10.py's layout):
     no dense weight exists. forward() multiplies straight from them:
       auto       Triton on CUDA tensors, numba on the CPU
       reference  kernels.reference_matmul: unpack the whole matrix, then torch.matmul (tests, debugging)
-      numba      kernels.numba_matmul on a CPU repacking of the same bits (kernels.cpu_layout), made at load
-      triton     kernels.triton_matmul (CUDA; or any device under TRITON_INTERPRET=1)
-    fp16 and fp8 tensors are kept as int16 / uint8 bit patterns, so `model.to(dtype)` cannot round them.
-    The columns layout (version 2) has no fast kernel yet: every backend runs its reference path, and says so."""
+      numba      the numba kernels, on a CPU repacking of the same bits (kernels.cpu_layout for version 1,
+                 kernels.columns_cpu_layout for version 2), made at load for the numba backend only
+      triton     kernels.triton_matmul / triton_matmul_columns (CUDA; or any device under TRITON_INTERPRET=1)
+    fp16 and fp8 tensors are kept as int16 / uint8 bit patterns, so `model.to(dtype)` cannot round them."""
     def __init__(self, spec: dict, tensors: dict, backend: str = "auto"):
         super().__init__()
         self.spec, self.backend = spec, backend
@@ -237,16 +228,22 @@ class QuantLinear(nn.Module):
         self.dtypes = {name: t.dtype for name, t in tensors.items()}
         for name, t in tensors.items():
             self.register_buffer(name, t.view(STORED_AS.get(t.dtype, t.dtype)))
-        self.register_buffer("groups", kernels.group_table(spec), persistent=False)
-        # the numba kernels' repacking; made now on the CPU: made later, in the middle of a forward pass, its
-        # temporaries fragment the heap between the activations (+0.3 GiB peak for the embedded model)
+        self.structured = spec["layout"] == kernels.COLUMNS   # version 2
+        table = kernels.columns_gpu_table(tensors, spec) if self.structured else kernels.group_table(spec)
+        self.register_buffer("groups", table, persistent=False)     # what the Triton kernel walks a row with
+        # the numba kernels' repacking, made now for the numba backend: made later, in the middle of a forward
+        # pass, its temporaries fragment the heap between the activations (+0.3 GiB peak for the embedded model)
         on_cpu = all(t.device.type == "cpu" for t in tensors.values())
-        self.has_kernels = spec["layout"] != kernels.COLUMNS    # version 2's kernels are the next step
-        self._cpu = kernels.cpu_layout(self.packed(), spec) if on_cpu and self.has_kernels else None
+        self._cpu = self.cpu_layout() if on_cpu and backend in ("auto", "numba") else None
 
     def packed(self) -> dict:
         """The linear's tensors as the file stores them, by short name (trits|signs, high, binary, ...)."""
         return {n: getattr(self, n).view(self.dtypes[n]) for n in self.names}
+
+    def cpu_layout(self):
+        if self.structured:
+            return kernels.columns_cpu_layout(self.packed(), self.spec)
+        return kernels.cpu_layout(self.packed(), self.spec)
 
     def dequantize(self) -> torch.Tensor:
         """The dense float32 weight (out, in): for tests and the reference path only."""
@@ -256,18 +253,18 @@ class QuantLinear(nn.Module):
         backend = self.backend
         if backend == "auto":
             backend = "triton" if x.is_cuda else "numba"
-        if backend != "reference" and not self.has_kernels:
-            note_once(f"layout '{self.spec['layout']}' has no {backend} kernel yet: its linears run the reference "
-                      "path (unpack, then matmul)")
-            backend = "reference"
         if backend == "reference":
             return kernels.reference_matmul(x, self.packed(), self.spec)
+        if backend == "triton" and self.structured:
+            return kernels.triton_matmul_columns(x, self.packed(), self.spec, self.groups)
         if backend == "triton":
             return kernels.triton_matmul(x, self.packed(), self.spec, self.groups)
         if x.is_cuda:
             raise ValueError("the numba backend runs on the CPU; use --backend triton or auto for CUDA")
         if self._cpu is None:
-            self._cpu = kernels.cpu_layout(self.packed(), self.spec)
+            self._cpu = self.cpu_layout()
+        if self.structured:
+            return kernels.columns_matmul(x, self._cpu)
         return kernels.numba_matmul(x, self._cpu)
 
     def extra_repr(self):
@@ -735,7 +732,7 @@ def _check_finite(t: torch.Tensor, name: str, where: Path) -> torch.Tensor:
 
 
 def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype=torch.float32,
-                quant: dict | None = None) -> Transformer:
+                quant: dict | None = None, backend: str = "auto") -> Transformer:
     """Fill a meta-device Transformer from `tensors` (name -> zero-argument function returning the tensor),
     checking each tensor's shape before it is converted, so that memory holds one copy of the model.
     `quant` (prefix -> (spec, function returning the packed tensors)) puts QuantLinears in those places."""
@@ -757,7 +754,8 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
             raise CheckpointError(f"{where}: {prefix} is packed as {spec['shape']}, the config implies "
                                   f"{[linear.out_features, linear.in_features]}")
         try:
-            setattr(model.get_submodule(parent), leaf, QuantLinear(spec, {n: t.to(device) for n, t in read().items()}))
+            setattr(model.get_submodule(parent), leaf, QuantLinear(spec, {n: t.to(device) for n, t in read().items()},
+                                                                 backend))
         except CheckpointError:            # read() names the file and the linear already
             raise
         except ValueError as e:            # what cpu_layout finds wrong in the bytes themselves
@@ -784,13 +782,14 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
     return model.eval().requires_grad_(False)
 
 
-def load_checkpoint(path=None, device="cpu", dtype=torch.float32) -> Transformer:
-    """A LLaMA from a Meta or HF directory, a .gguf file, a bare name, or None (the embedded default)."""
+def load_checkpoint(path=None, device="cpu", dtype=torch.float32, backend: str = "auto") -> Transformer:
+    """A LLaMA from a Meta or HF directory, a .gguf file, a bare name, or None (the embedded default). backend:
+    how a packed file's linears multiply (BACKENDS; set_backend changes it later)."""
     path = resolve_checkpoint(path)
     fmt = checkpoint_format(path)
     loader = {"meta": _load_meta, "hf": _load_hf, "gguf": _load_gguf, "squeeze10": _load_packed}[fmt]
     args, tensors, where, *quant = loader(path if fmt in ("gguf", "squeeze10") or path.is_dir() else path.parent)
-    return build_model(args, tensors, where, device, dtype, quant[0] if quant else None)
+    return build_model(args, tensors, where, device, dtype, quant[0] if quant else None, backend)
 
 
 def num_params(model: nn.Module) -> int:
