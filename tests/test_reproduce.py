@@ -42,7 +42,7 @@ def fake_make(fail=()):
     return make
 
 
-def run(tmp_path, names, make, capsys=None):
+def run(tmp_path, names, make):
     return ev.reproduce(names, P, results=tmp_path / "results", out_dir=tmp_path / "rows",
                         llamacpp=tmp_path / "llamacpp", make=make)
 
@@ -129,11 +129,10 @@ def table_cells(md: str, name: str) -> list[list[str]]:
 
 
 def test_results_md_and_the_figures_are_drawn_from_the_rows_json(tmp_path, monkeypatch):
-    import matplotlib.figure
+    figure = pytest.importorskip("matplotlib.figure")
     drawn = []
-    save = matplotlib.figure.Figure.savefig
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: (drawn.append(self),
-                                                                                    save(self, *a, **k)))
+    save = figure.Figure.savefig
+    monkeypatch.setattr(figure.Figure, "savefig", lambda self, *a, **k: (drawn.append(self), save(self, *a, **k)))
     names = ["fp", "squeeze10", "paper", "gptq3", "refit"]
     assert run(tmp_path, names, fake_make()) == 0
     results = tmp_path / "results"
