@@ -525,7 +525,7 @@ def digest(parts: dict) -> str:
 def quant_key(row: Row, protocol: Protocol, hashes: dict, env: dict) -> str:
     """What out/rows/NAME.safetensors depends on: the flags (every default lives in squeeze10.py, so its hash
     covers the settings and the calibration a flag does not give), the sources, the device, the packages."""
-    return digest({"flags": row.flags, "device": protocol.device, "env": env,
+    return digest({"flags": row.flags.split(), "device": protocol.device, "env": env,
                    "sources": {k: hashes[k] for k in QUANT_SOURCES}})
 
 
@@ -768,7 +768,7 @@ def reproduce(names: list[str], protocol: Protocol, results: Path = RESULTS, out
             record = make(row, keys[row.name], qkey, protocol, scorer, out_dir)
             write_atomic(results / f"{row.name}.json", json.dumps(asdict(record), indent=1) + "\n")
         except Exception as e:  # any failure of one row (Interrupted is a BaseException: it stops the run)
-            failed[row.name] = f"{type(e).__name__}: {llama._first_line(e)}"
+            failed[row.name] = f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0]
             print(f"error: row {row.name}: {failed[row.name]}", file=sys.stderr)
         gc.collect()
     note = write_results(rows, keys, results, failed)
@@ -900,7 +900,9 @@ def render_results(rows: list[Row], records: dict, figures: list[str], note: str
                 continue
             ratio = [f"{x / y:.2f}×" if fp else "" for x, y in
                      ((rec.ppl_wiki, fp and fp.ppl_wiki), (rec.ppl_heldout, fp and fp.ppl_heldout))]
-            out.append(f"| {r.name} | {flags} | {r.shows} | {fmt_bits(rec.bits)} | {fmt_ppl(rec.ppl_wiki)} | "
+            shows = r.shows + (" (" + ", ".join(f"{n} × {t}" for t, n in rec.bits["types"].items()) + ")"
+                               if "types" in rec.bits else "")    # a GGUF's tensor types: llama.cpp falls back
+            out.append(f"| {r.name} | {flags} | {shows} | {fmt_bits(rec.bits)} | {fmt_ppl(rec.ppl_wiki)} | "
                        f"{ratio[0]} | {fmt_ppl(rec.ppl_heldout)} | {ratio[1]} |")
         out.append("")
     zs = [r for r in rows if r.zeroshot]

@@ -54,7 +54,8 @@ def test_the_cache_key_changes_with_what_a_row_depends_on_and_not_otherwise(tmp_
 
     def keys(row=ROW["gptq3"], protocol=P):
         h = ev.source_hashes(tmp_path)
-        return ev.quant_key(row, protocol, h, env), ev.row_key(row, protocol, h, env)
+        quant = ev.quant_key(row, protocol, h, env) if row.flags is not None else None
+        return quant, ev.row_key(row, protocol, h, env)
 
     quant, score = keys()
     assert keys() == (quant, score)                                       # deterministic
@@ -83,6 +84,7 @@ def test_the_cache_key_changes_with_what_a_row_depends_on_and_not_otherwise(tmp_
     assert keys(ROW["gptq2"], other_limit) == keys(ROW["gptq2"])
     assert keys(ROW["gptq3"], other_limit)[1] != s3
     assert keys(replace(ROW["gptq3"], shows="reworded"), P) == (q3, s3)  # words are not inputs
+    assert keys(replace(ROW["gptq3"], flags=" --preset  gptq3 ")) == (q3, s3)  # nor spaces
 
 
 def test_a_gguf_rows_key_is_its_files_bytes(tmp_path):
@@ -252,6 +254,46 @@ def test_bits_by_linear_sums_the_report_per_kind_of_linear():
                "bits": {"payload": 1.0 + i, "index": 0.5, "scales": 0.25}} for i in range(2)]
     b = ev.bits_by_linear(layers)["wq"]
     assert b["total"] == 8 * 21 / 64 and b["payload"] == 1.5 and b["index"] == 0.5 and b["shape"] == [4, 8]
+
+
+class StubScorer:
+    """Scorer.score's answer without a model: make_row's bookkeeping is what these tests check."""
+    def score(self, ckpt, zeroshot_too):
+        self.ckpt = ckpt
+        return {"ppl_wiki": 21.5, "ppl_heldout": 17.25, "zeroshot": {"average": 0.4} if zeroshot_too else None,
+                "seconds": {"wiki": 3.0, "heldout": 2.0}}
+
+
+def test_a_rows_record_takes_its_bits_from_the_file(tmp_path, monkeypatch):
+    layers = [{"name": f"layers.{i}.attention.wq", "shape": [4, 8], "bytes": 12,
+               "bits": {"payload": 1.5, "index": 0.5, "scales": 1.0}} for i in range(2)]
+    report = {"totals": {"bits_per_linear_weight": {"payload": 1.5, "index": 0.5, "scales": 1.0, "total": 3.0},
+                         "linear_weights": 64, "file_bytes": 999, "rel_error_mean": 0.25}, "layers": layers}
+
+    def quantizer(cmd):
+        (tmp_path / "gptq3.safetensors").write_bytes(b"x")
+        return report
+    monkeypatch.setattr(ev, "run_quantizer", quantizer)
+    rec = ev.make_row(ROW["gptq3"], "k", "q", P, StubScorer(), tmp_path)
+    assert rec.bits == report["totals"]["bits_per_linear_weight"] and rec.linear_weights == 64
+    assert rec.file_bytes == 999 and rec.rel_error_mean == 0.25 and (rec.ppl_wiki, rec.ppl_heldout) == (21.5, 17.25)
+    assert rec.bits_by_linear == {"wq": {"shape": [4, 8], "total": 3.0, "payload": 1.5, "index": 0.5, "scales": 1.0}}
+    assert rec.zeroshot == {"average": 0.4} and rec.protocol == asdict(P)
+
+    scorer = StubScorer()
+    rec = ev.make_row(ROW["fp"], "k", None, P, scorer, tmp_path)
+    assert rec.bits == {"total": 16.0} and rec.ckpt == "embedded" and scorer.ckpt == ev.llama.resolve_checkpoint(None)
+
+    gguf = tmp_path / f"{ev.LLAMACPP_STEM}.Q2_K.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    counted = {"total": 3.3125, "bytes": 40, "linear_weights": 96, "types": {"Q2_K": 5, "Q4_K": 2}}
+    monkeypatch.setattr(ev.llama, "gguf_linear_bits", lambda path: counted, raising=False)
+    (row,) = ev.llamacpp_rows(tmp_path)
+    rec = ev.make_row(row, "k", None, P, StubScorer(), tmp_path)
+    assert rec.bits == {"total": 3.3125, "types": {"Q2_K": 5, "Q4_K": 2}} and rec.linear_weights == 96
+    assert rec.file_bytes == 64 and rec.zeroshot is None
+    (cells,) = [c for c in table_cells(ev.render_results([row], {row.name: rec}, [], "", {}), row.name) if len(c) == 8]
+    assert cells[2:5] == ["llama.cpp's Q2_K (5 × Q2_K, 2 × Q4_K)", f"{3.3125:.3f}", "21.50"]
 
 
 @pytest.mark.skipif(hasattr(ev.llama, "gguf_linear_bits"), reason="model.py counts a GGUF's bits")
