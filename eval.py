@@ -455,7 +455,7 @@ TABLES = {
 
 @dataclass(frozen=True)
 class Protocol:
-    """How every row is scored; cheap enough that all the rows take about an hour on 2 cores."""
+    """How every row is scored; cheap enough that the default rows take 65-80 minutes on 2 cores (README)."""
     wiki_windows: int = 8          # of the embedded Wikipedia (`python eval.py` scores 16)
     heldout_windows: int = 4       # of the embedded technical.utf8, which neither calibration nor any choice saw
     seqlen: int = 2048
