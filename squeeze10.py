@@ -167,6 +167,7 @@ PRESETS = {  # METHOD.md's table: baselines are presets of the same pipeline
     "paper": Settings(),                 # the paper-faithful format (version 1, 2.917 bits): the field defaults
     "pbllm": Settings(mid_bits=16, salient=0.1, high_bits=8, pbar=False, fias="off"),
     "gptq2": Settings(mid_bits=16, salient=1.0, high_bits=2, pbar=False, fias="off"),
+    "gptq3": Settings(mid_bits=16, salient=1.0, high_bits=3, pbar=False, fias="off"),
     "gptq4": Settings(mid_bits=16, salient=1.0, high_bits=4, pbar=False, fias="off"),
     "xnor": Settings(mid_bits=16, salient=0.0, pbar=False, fias="off", compensate=False),
 }

@@ -22,4 +22,5 @@ def test_ci_installs_and_tests_as_the_readme_says():
 def test_requirements_name_every_dependency():
     names = {re.split(r"[=<>]", line)[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
              if line.strip() and not line.startswith("#")}
-    assert names == {"torch", "numpy", "sentencepiece", "safetensors", "numba", "gguf", "pytest", "triton"}
+    assert names == {"torch", "numpy", "sentencepiece", "safetensors", "numba", "gguf", "matplotlib", "pytest",
+                     "triton"}

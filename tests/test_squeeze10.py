@@ -219,7 +219,7 @@ def test_pack_bits_and_trits_by_hand():
         assert torch.equal(kernels.unpack_bits(sq.pack_bits(c, nbits), nbits, 11).long(), c)
 
 
-@pytest.mark.parametrize("preset", ["squeeze10", "pbllm", "gptq2", "gptq4", "xnor"])
+@pytest.mark.parametrize("preset", ["squeeze10", "pbllm", "gptq2", "gptq3", "gptq4", "xnor"])
 def test_pack_then_dequantize_reproduces_the_quantizer_bit_for_bit(preset):
     X = correlated_inputs()
     W = torch.randn(16, 32, generator=torch.Generator().manual_seed(11))
