@@ -496,13 +496,17 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+HASHED_UNTIL = {"eval.py": b"\n# Reproduce: every row",            # this section: it runs the rows
+                "kernels.py": b"\n# Benchmark: python kernels.py"}   # timing code: no number of a row uses it
+
+
 def source_hashes(root: Path = ROOT) -> dict:
-    """sha256 of each source file a number depends on; eval.py's only up to this section (see above)."""
+    """sha256 of each source file a number depends on; eval.py's and kernels.py's only up to HASHED_UNTIL."""
     hashes = {}
     for name in sorted(set(QUANT_SOURCES + EVAL_SOURCES)):
         text = (root / name).read_bytes()
-        if name == "eval.py":
-            text = text[:text.index(b"\n# Reproduce: every row")]
+        if name in HASHED_UNTIL:
+            text = text[:text.index(HASHED_UNTIL[name])]
         hashes[name] = hashlib.sha256(text).hexdigest()
     return hashes
 

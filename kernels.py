@@ -367,6 +367,28 @@ BIG_LAYER_BATCH = 10     # ... or up to this many for a layer of at least 2^24 w
                          # 576×576 at 5 rows: tables 0.25 ms, tiles 0.19 ms
 TILE_BYTES = 1 << 20     # one decoded tile of rows (transposed): about L2-sized
 CHUNK_GROUPS = 96        # at most this many row-groups per pass of the table kernel: ≤ 1.5 MB of tables, in L2
+PARALLEL_WEIGHTS = 1 << 22   # the table kernels run on one thread below this many weights (see `threads`)
+
+
+class threads:
+    """with threads(n): numba's parallel loops use n threads (numba.set_num_threads), then as before.
+    The table kernels of a small layer (SmolLM2's: under 1M weights) run on one thread: with two cores, a second
+    numba thread competes with the OpenMP threads torch keeps spinning between its own ops, and a decode step
+    of the embedded model took 230 ms instead of 61 (measured here)."""
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        load_numba()
+        self.before = numba.get_num_threads()
+        numba.set_num_threads(min(self.n, numba.config.NUMBA_NUM_THREADS))
+
+    def __exit__(self, *exc):
+        numba.set_num_threads(self.before)
+
+
+def table_threads(out: int, n_in: int) -> int:
+    return 1 if out * n_in < PARALLEL_WEIGHTS else os.cpu_count() or 1
 
 
 def interleave(a: torch.Tensor) -> np.ndarray:
@@ -774,10 +796,11 @@ def numba_matmul(x: torch.Tensor, lay: dict, ir: bool | None = None) -> torch.Te
         ng = len(lay["groups"])
         chunks = -(-ng // CHUNK_GROUPS)              # equal chunks, so that each one's tables stay in L2
         bounds = [(c * ng // chunks, (c + 1) * ng // chunks) for c in range(chunks)]
-        for m, xm in enumerate(x2.numpy()):
-            for g0, g1 in bounds:
-                T, X = _tables(xm, lay["groups"], g0, g1)
-                _gemv(xm, T, X, g0, g1, *args, y[m], ir)
+        with threads(table_threads(out, n_in)):
+            for m, xm in enumerate(x2.numpy()):
+                for g0, g1 in bounds:
+                    T, X = _tables(xm, lay["groups"], g0, g1)
+                    _gemv(xm, T, X, g0, g1, *args, y[m], ir)
         y = torch.from_numpy(y[:, :out])
     else:
         y = torch.empty(M, out)
@@ -979,7 +1002,8 @@ def columns_matmul(x: torch.Tensor, lay: ColumnsLayout) -> torch.Tensor:
     if M <= COLUMNS_TABLE_BATCH:
         y = np.zeros((M, blocks * R), np.float32)
         one_group = M * (lay.groups[0, 3] - lay.groups[0, 2]) * 256 * 4           # table bytes of one row-group
-        _columns_small(x2.numpy(), lay.colscale, max(1, TABLE_BYTES // one_group), *arrays, y)
+        with threads(table_threads(out, n_in)):
+            _columns_small(x2.numpy(), lay.colscale, max(1, TABLE_BYTES // one_group), *arrays, y)
         y = torch.from_numpy(y[:, :out])
     else:
         y = torch.empty(M, blocks * R)
@@ -1323,7 +1347,29 @@ def random_cpu_layout(out: int, n_in: int, salient: float = 0.2, high_bits: int 
                 groups=groups, pos_bits=pos_bits, n_codes=1 << high_bits, shape=(out, n_in))
 
 
-def layout_bytes(lay: dict) -> int:
+def random_columns_layout(out: int, n_in: int, salient: float = 0.2, group_size: int = 128, block_rows: int = 32,
+                          seed=0) -> ColumnsLayout:
+    """What columns_cpu_layout makes of a random linear of the default preset, built directly (for timing)."""
+    rng = np.random.default_rng(seed)
+    widths = group_widths(n_in, group_size)
+    k = math.floor(salient * n_in + 0.5)
+    blocks = -(-out // block_rows)
+    cols = np.sort(np.stack([rng.permutation(n_in)[:k] for _ in range(blocks)]), 1).astype(np.int64)
+    first = np.arange(len(widths)) * group_size
+    sign_at = np.concatenate([[0], np.cumsum([bit_bytes(w, 1) for w in widths])])
+    return ColumnsLayout(
+        signs=rng.integers(0, 256, (blocks, sign_at[-1], block_rows), dtype=np.uint8),
+        codes=rng.integers(0, 16, (blocks, k, block_rows), dtype=np.uint8),
+        const=rng.standard_normal((blocks, len(widths), 4, block_rows), dtype=np.float32), salient=cols,
+        sal_at=np.stack([np.searchsorted(c, np.append(first, n_in)) for c in cols]).astype(np.int64),
+        groups=np.stack([first, widths, sign_at[:-1], sign_at[1:]], 1).astype(np.int64),
+        colscale=rng.random(n_in, dtype=np.float32) + 0.5, shape=(out, n_in))
+
+
+def layout_bytes(lay) -> int:
+    """Bytes a product reads of a CPU layout (version 1's dict, or a ColumnsLayout)."""
+    if isinstance(lay, ColumnsLayout):
+        return lay.nbytes()
     return sum(v.nbytes for v in lay.values() if isinstance(v, np.ndarray) and v is not lay["groups"])
 
 
@@ -1336,28 +1382,41 @@ def _median_ms(fn, reps: int) -> float:
     return 1e3 * sorted(times)[len(times) // 2]
 
 
+def copy_gbps(nbytes: int = ROTATE_BYTES, reps: int = 5) -> float:
+    """This machine's memory bandwidth as a copy of `nbytes` reaches it: GB/s read (a copy reads and writes each
+    byte once; the figure counts the reads, what a matmul's weights cost)."""
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    ms = _median_ms(lambda: dst.copy_(src), reps)
+    return nbytes / ms / 1e6
+
+
+def rotated(make, one_bytes: int) -> list:
+    """Enough copies of a weight that cycling through them reads at least ROTATE_BYTES: no cache holds them."""
+    return [make(i) for i in range(max(2, min(64, -(-ROTATE_BYTES // one_bytes))))]
+
+
 def _bench_cpu(out, n_in, batch, reps):
-    dense_copies = max(2, min(64, -(-ROTATE_BYTES // (4 * out * n_in))))
-    dense = [torch.randn(out, n_in) for _ in range(dense_copies)]
-    lays = [random_cpu_layout(out, n_in)]
-    kbytes = layout_bytes(lays[0])
-    lays += [random_cpu_layout(out, n_in, seed=i) for i in range(1, max(2, min(64, -(-ROTATE_BYTES // kbytes))))]
+    """Medians (ms) of dense fp32, dense bf16, version 1 (IR loops), version 1 (plain twins), version 2, each
+    measured in turn, five rounds, over rotated copies of its weights."""
+    fp32 = rotated(lambda i: torch.randn(out, n_in), 4 * out * n_in)
+    bf16 = rotated(lambda i: torch.randn(out, n_in).bfloat16(), 2 * out * n_in)
+    v1 = rotated(lambda i: random_cpu_layout(out, n_in, seed=i), layout_bytes(random_cpu_layout(out, n_in)))
+    v2 = rotated(lambda i: random_columns_layout(out, n_in, seed=i), layout_bytes(random_columns_layout(out, n_in)))
     x = torch.randn(batch, n_in)
-    numba_matmul(x, lays[0])                                      # compile (or load from the cache)
-    it = {"d": 0, "k": 0}
-
-    def run_dense():
-        it["d"] += 1
-        return x @ dense[it["d"] % len(dense)].T
-
-    def run_kernel():
-        it["k"] += 1
-        return numba_matmul(x, lays[it["k"] % len(lays)])
-    d_ms, k_ms = [], []
-    for _ in range(5):                                            # alternate, so both see the same machine
-        d_ms.append(_median_ms(run_dense, reps))
-        k_ms.append(_median_ms(run_kernel, reps))
-    return sorted(d_ms)[2], sorted(k_ms)[2], kbytes
+    xb = x.bfloat16()
+    calls = {"fp32": lambda i: x @ fp32[i % len(fp32)].T, "bf16": lambda i: xb @ bf16[i % len(bf16)].T,
+             "v1": lambda i: numba_matmul(x, v1[i % len(v1)], ir=True),
+             "v1-plain": lambda i: numba_matmul(x, v1[i % len(v1)], ir=False),
+             "v2": lambda i: columns_matmul(x, v2[i % len(v2)])}
+    for call in calls.values():
+        call(0)                                                   # compile (or load from numba's cache)
+    ms = {name: [] for name in calls}
+    for _ in range(5):                                            # in turn, so that all see the same machine
+        for name, call in calls.items():
+            it = iter(range(1 << 30))
+            ms[name].append(_median_ms(lambda: call(next(it)), reps))
+    return {name: sorted(v)[2] for name, v in ms.items()}, {"v1": layout_bytes(v1[0]), "v2": layout_bytes(v2[0])}
 
 
 def _bench_cuda(out, n_in, batch, reps):
@@ -1367,8 +1426,15 @@ def _bench_cuda(out, n_in, batch, reps):
     kbytes = sum(v.nbytes for v in t.values())
     packs = [({n: v.cuda() for n, v in random_bytes(out, n_in, seed=i)[0].items()}, spec, group_table(spec).cuda())
              for i in range(max(2, min(64, -(-ROTATE_BYTES // kbytes))))]
+    t2, spec2 = random_columns_bytes(out, n_in)
+    kbytes2 = sum(v.nbytes for v in t2.values())
+    packs2 = []
+    for i in range(max(2, min(64, -(-ROTATE_BYTES // kbytes2)))):
+        t2 = {n: v.cuda() for n, v in random_columns_bytes(out, n_in, seed=i)[0].items()}
+        packs2.append((t2, spec2, columns_gpu_table(t2, spec2)))
     x = torch.randn(batch, n_in, device="cuda", dtype=torch.float16)
     triton_matmul(x, *packs[0])                                   # compile
+    triton_matmul_columns(x, *packs2[0])
 
     def timed(calls):  # ms per call: `reps` calls between two events (a sync per call would cost more than them)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -1378,28 +1444,69 @@ def _bench_cuda(out, n_in, batch, reps):
         end.record()
         torch.cuda.synchronize()
         return start.elapsed_time(end) / reps
-    d_ms, k_ms = [], []
+    ms = {"fp16": [], "v1": [], "v2": []}
     for _ in range(7):
-        d_ms.append(timed(lambda i: x @ dense[i % len(dense)].T))
-        k_ms.append(timed(lambda i: triton_matmul(x, *packs[i % len(packs)])))
-    return sorted(d_ms)[3], sorted(k_ms)[3], kbytes
+        ms["fp16"].append(timed(lambda i: x @ dense[i % len(dense)].T))
+        ms["v1"].append(timed(lambda i: triton_matmul(x, *packs[i % len(packs)])))
+        ms["v2"].append(timed(lambda i: triton_matmul_columns(x, *packs2[i % len(packs2)])))
+    return {name: sorted(v)[3] for name, v in ms.items()}, {"v1": kbytes, "v2": kbytes2}
 
 
 def bench(as_json: bool, backend: str, reps: int, shapes=BENCH_SHAPES, batches=BENCH_BATCHES) -> list:
+    """One row per shape, batch and packed layout: its time, the dense product's, the speedup over dense fp32
+    (fp16 on CUDA), the bytes it reads and the GB/s that makes."""
     rows = []
+    dense = "fp16" if backend == "triton" else "fp32"
     if not as_json:
-        print(f"{'backend':8} {'shape':>11} {'batch':>5} {'dense ms':>9} {'kernel ms':>9} {'speedup':>7} {'GB/s':>6}")
+        print(f"{'backend':8} {'layout':8} {'shape':>11} {'batch':>5} {dense + ' ms':>9} {'bf16 ms':>8} "
+              f"{'kernel ms':>9} {'speedup':>7} {'MB read':>7} {'GB/s':>6}")
     for out, n_in in shapes:
         for batch in batches:
             run = _bench_cuda if backend == "triton" else _bench_cpu
-            d, k, kbytes = run(out, n_in, batch, reps)
-            row = dict(backend=backend, shape=f"{out}x{n_in}", batch=batch, dense_ms=round(d, 4),
-                       kernel_ms=round(k, 4), speedup=round(d / k, 3), gbps=round(kbytes / k / 1e6, 2))
-            rows.append(row)
-            if not as_json:
-                print(f"{backend:8} {row['shape']:>11} {batch:5d} {d:9.3f} {k:9.3f} {d / k:7.2f} {row['gbps']:6.1f}",
-                      flush=True)
+            ms, nbytes = run(out, n_in, batch, reps)
+            for layout in [k for k in ms if k.startswith("v")]:
+                kbytes = nbytes[layout[:2]]
+                row = dict(backend=backend, layout=layout, shape=f"{out}x{n_in}", batch=batch,
+                           dense_ms=round(ms[dense], 4), bf16_ms=round(ms["bf16"], 4) if "bf16" in ms else None,
+                           kernel_ms=round(ms[layout], 4), speedup=round(ms[dense] / ms[layout], 3),
+                           bytes=kbytes, gbps=round(kbytes / ms[layout] / 1e6, 2))
+                rows.append(row)
+                if not as_json:
+                    bf = f"{row['bf16_ms']:8.3f}" if row["bf16_ms"] is not None else f"{'':8}"
+                    print(f"{backend:8} {layout:8} {row['shape']:>11} {batch:5d} {ms[dense]:9.3f} {bf} "
+                          f"{ms[layout]:9.3f} {row['speedup']:7.2f} {kbytes / 1e6:7.2f} {row['gbps']:6.1f}",
+                          flush=True)
     return rows
+
+
+def decode_bench(files: dict, rounds: int = 3, tokens: int = 64) -> dict:
+    """Greedy decoding of the embedded model, `tokens` new tokens, for each checkpoint of `files` (name -> path,
+    None: full precision) in turn, `rounds` times (eval.py --generate, a process each): the median tokens/s,
+    and whether each packed file writes the same text through the reference path."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def generate(ckpt, backend="auto"):
+        cmd = [sys.executable, str(Path(__file__).with_name("eval.py")), "--generate", "The capital of France is",
+               "--max-new-tokens", str(tokens), "--backend", backend, "--json"] + (["--ckpt", str(ckpt)] if ckpt else [])
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr.strip().splitlines()[-1:]}")
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    speeds = {name: [] for name in files}
+    texts = {}
+    for _ in range(rounds):
+        for name, ckpt in files.items():
+            out = generate(ckpt)
+            speeds[name].append(out["tokens_per_s"])
+            texts[name] = out["text"]
+    result = {f"{name}_tok_s": sorted(v)[len(v) // 2] for name, v in speeds.items()}
+    for name, ckpt in files.items():
+        if ckpt is not None:
+            result[f"{name}_same_text_as_reference"] = generate(ckpt, "reference")["text"] == texts[name]
+    return result
 
 
 def asm_census() -> dict:
@@ -1423,7 +1530,6 @@ def asm_census() -> dict:
 if __name__ == "__main__":
     import argparse
     import json
-    import subprocess
     import sys
     from pathlib import Path
     p = argparse.ArgumentParser(description="Benchmark the mixed 1/4-bit matmul against the dense one it replaces.")
@@ -1432,8 +1538,9 @@ if __name__ == "__main__":
     p.add_argument("--backend", default=None, choices=["numba", "triton"], help="default: triton on CUDA, else numba")
     p.add_argument("--reps", type=int, default=50, help="calls per timing; each figure is the median of 5-7")
     p.add_argument("--shapes", default=None, help="e.g. 11008x4096,576x576 (default: all)")
-    p.add_argument("--decode", default="out/SmolLM2-135M-Instruct.squeeze10.safetensors",
-                   help="packed embedded model for the decode tokens/s row ('' to skip)")
+    p.add_argument("--decode", default="out/rows/paper.safetensors,out/rows/squeeze10.safetensors",
+                   help="version-1 and version-2 packed files of the embedded model for the decode tokens/s rows "
+                        "(python eval.py --reproduce paper squeeze10 makes them; '' to skip)")
     p.add_argument("--asm", action="store_true", help="count vector instructions in the numba kernels")
     a = p.parse_args()
     if a.asm:
@@ -1447,21 +1554,20 @@ if __name__ == "__main__":
         shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes else BENCH_SHAPES
     except ValueError:
         sys.exit(f"error: --shapes {a.shapes!r}: expected OUTxIN[,OUTxIN...]")
+    copy = round(copy_gbps(), 2)
+    if not a.json:
+        print(f"memory: a copy reads {copy:.1f} GB/s on this machine")
     rows = bench(a.json, backend, a.reps, shapes)
     decode = {}
     if a.decode:
-        if not Path(a.decode).exists():
-            print(f"(decode row skipped: {a.decode} does not exist; run `python squeeze10.py` first)")
-        for name, ckpt in (("fp", None), ("packed", a.decode)):
-            if ckpt is not None and not Path(ckpt).exists():
-                continue
-            cmd = [sys.executable, str(Path(__file__).with_name("eval.py")), "--generate", "The capital of France is",
-                   "--max-new-tokens", "64", "--json"] + (["--ckpt", ckpt] if ckpt else [])
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode:
-                sys.exit(f"error: {' '.join(cmd)} failed: {res.stderr.strip().splitlines()[-1:]}")
-            decode[f"{name}_tok_s"] = json.loads(res.stdout.strip().splitlines()[-1])["tokens_per_s"]
-        if decode and not a.json:
-            print("decode, embedded model, tokens/s: " + ", ".join(f"{k[:-6]} {v:.1f}" for k, v in decode.items()))
+        files = {"fp": None}
+        for name, path in zip(("v1", "v2"), a.decode.split(",")):
+            if Path(path).exists():
+                files[name] = path
+            else:
+                print(f"(decode row {name} skipped: {path} does not exist)")
+        decode = decode_bench(files)
+        if not a.json:
+            print("decode, embedded model, 64 tokens: " + ", ".join(f"{k}: {v}" for k, v in decode.items()))
     if a.json:
-        print(json.dumps({"rows": rows, "decode": decode}))
+        print(json.dumps({"rows": rows, "decode": decode, "copy_gbps": copy}))

@@ -286,12 +286,18 @@ def test_bench_json_has_the_documented_rows():
     res = subprocess.run([sys.executable, str(ROOT / "kernels.py"), "--bench", "--json", "--shapes", "48x256",
                           "--reps", "2", "--decode", ""], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
-    rows = json.loads(res.stdout.strip().splitlines()[-1])["rows"]
-    assert [(r["shape"], r["batch"]) for r in rows] == [("48x256", b) for b in kernels.BENCH_BATCHES]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    rows = result["rows"]
+    layouts = ("v1", "v1-plain", "v2")
+    assert [(r["shape"], r["batch"], r["layout"]) for r in rows] == [("48x256", b, v) for b in kernels.BENCH_BATCHES
+                                                                     for v in layouts]
+    assert result["copy_gbps"] > 0 and result["decode"] == {}
     for r in rows:
         assert r["backend"] == "numba"
         assert r["speedup"] == pytest.approx(r["dense_ms"] / r["kernel_ms"], rel=0.01, abs=1e-3)
-        assert set(r) == {"backend", "shape", "batch", "dense_ms", "kernel_ms", "speedup", "gbps"}
+        assert r["gbps"] == pytest.approx(r["bytes"] / r["kernel_ms"] / 1e6, rel=0.01, abs=0.01)
+        assert set(r) == {"backend", "layout", "shape", "batch", "dense_ms", "bf16_ms", "kernel_ms", "speedup",
+                          "bytes", "gbps"}
 
 
 def test_random_cpu_layout_has_cpu_layouts_shapes():
@@ -300,3 +306,12 @@ def test_random_cpu_layout_has_cpu_layouts_shapes():
     for key in ("signs", "sal", "const", "groups"):
         assert real[key].shape == fake[key].shape and real[key].dtype == fake[key].dtype, key
     assert np.array_equal(real["groups"], fake["groups"])
+
+
+def test_random_columns_layout_has_columns_cpu_layouts_shapes():
+    t, spec = kernels.random_columns_bytes(70, 300, block_rows=32)
+    real, fake = kernels.columns_cpu_layout(t, spec), kernels.random_columns_layout(70, 300, block_rows=32)
+    for key in ("signs", "codes", "const", "salient", "sal_at", "groups", "colscale"):
+        a, b = getattr(real, key), getattr(fake, key)
+        assert a.shape == b.shape and a.dtype == b.dtype, key
+    assert np.array_equal(real.groups, fake.groups)
