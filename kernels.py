@@ -381,10 +381,13 @@ class threads:
     def __enter__(self):
         load_numba()
         self.before = numba.get_num_threads()
-        numba.set_num_threads(min(self.n, numba.config.NUMBA_NUM_THREADS))
+        self.n = min(self.n, numba.config.NUMBA_NUM_THREADS)
+        if self.n != self.before:                     # (a decode step enters 210 times: skip what it can)
+            numba.set_num_threads(self.n)
 
     def __exit__(self, *exc):
-        numba.set_num_threads(self.before)
+        if self.n != self.before:
+            numba.set_num_threads(self.before)
 
 
 def table_threads(out: int, n_in: int) -> int:

@@ -88,14 +88,6 @@ def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     return out.type_as(x)
 
 
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """(B, T, n_kv, hd) -> (B, T, n_kv * n_rep, hd): each kv head serves n_rep query heads."""
-    if n_rep == 1:
-        return x
-    B, T, n_kv, hd = x.shape
-    return x[:, :, :, None, :].expand(B, T, n_kv, n_rep, hd).reshape(B, T, n_kv * n_rep, hd)
-
-
 class KVCache(nn.Module):
     """Keys and values of the positions seen so far, for decoding one token at a time: (B, max_len, n_kv, hd)."""
     def __init__(self, batch: int, max_len: int, n_kv_heads: int, head_dim: int, device, dtype):
@@ -134,13 +126,15 @@ class Attention(nn.Module):
         q, k = apply_rotary_emb(q, freqs_cis), apply_rotary_emb(k, freqs_cis)
         if self.cache is not None:
             k, v = self.cache.update(start, k, v)                      # (B, start+T, n_kv, hd)
-        k, v = (repeat_kv(t, self.n_heads // self.n_kv_heads) for t in (k, v))
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd) and (B, nh, start+T, hd)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd) and (B, n_kv, start+T, hd)
+        # grouped-query attention: each kv head serves n_heads / n_kv_heads query heads (enable_gqa: no copies)
         if start == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # query t (position start+t) sees keys 0 .. start+t
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        elif T == 1:       # one new position (a decode step): it sees every key
+            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        else:              # query t (position start+t) sees keys 0 .. start+t
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return y.transpose(1, 2).reshape(B, T, -1)
 
 
@@ -182,14 +176,17 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
+        self.freqs_cis = None  # e^(i·t·θ_k) for the positions seen so far (forward)
 
     def forward(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         """tokens: LongTensor (B, T) at positions start .. start+T -> logits (B, T, vocab_size).
         start > 0 needs the caches of `setup_cache`, holding positions 0 .. start."""
         B, T = tokens.shape
         h = self.tok_embeddings(tokens)  # (B, T, dim)
-        freqs_cis = precompute_freqs_cis(self.args.dim // self.args.n_heads, start + T, self.args.rope_theta,
-                                         h.device)[start:]
+        if self.freqs_cis is None or len(self.freqs_cis) < start + T or self.freqs_cis.device != h.device:
+            self.freqs_cis = precompute_freqs_cis(self.args.dim // self.args.n_heads, max(start + T, 2048),
+                                                  self.args.rope_theta, h.device)    # once, not every step
+        freqs_cis = self.freqs_cis[start:start + T]
         for layer in self.layers:
             h = layer(h, freqs_cis, start)
         return self.output(self.norm(h)).float()

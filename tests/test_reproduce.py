@@ -4,7 +4,6 @@ Rows are made by a stand-in for eval.make_row (a real row quantizes the 135M mod
 check the bookkeeping around the rows in seconds; the scoring itself is eval.py's, tested in test_eval.py.
 """
 import json
-import re
 import shutil
 import sys
 from dataclasses import asdict, replace
