@@ -578,6 +578,9 @@ def _gguf_reader(path: Path):
     try:
         return gguf.GGUFReader(path)
     except Exception as e:
+        if "GGMLQuantizationType" in str(e):  # a type newer than the package, such as llama.cpp's Q2_0 (42)
+            raise CheckpointError(f"{path}: a tensor type the installed gguf package does not know, not supported "
+                                  f"({_first_line(e)})") from None
         raise CheckpointError(f"{path}: unreadable or truncated GGUF ({_first_line(e)})") from None
 
 

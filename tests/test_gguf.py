@@ -309,6 +309,24 @@ def test_an_unsupported_type_is_named_in_one_line(tmp_path):
     assert message.startswith(f"{tmp_path / 't.gguf'}: tensor blk.0.attn_q.weight has GGUF type Q8_K, not supported")
 
 
+def test_a_type_unknown_to_the_package_is_named_in_one_line(tmp_path):
+    """llama.cpp adds types before the gguf package knows them (its Q2_0, number 42, is unknown to gguf 0.19):
+    the reader cannot even list the tensors. Here number 250, which no type has. The tensor's entry in the
+    header: name, n_dims (u32), n_dims x u64 sizes, type (u32)."""
+    write_gguf(tmp_path / "t.gguf", WIDE)
+    raw = bytearray((tmp_path / "t.gguf").read_bytes())
+    name = b"blk.0.attn_q.weight"
+    at = raw.index(name) + len(name) + 4 + 2 * 8
+    assert int.from_bytes(raw[at:at + 4], "little") == Q.Q4_1
+    raw[at:at + 4] = (250).to_bytes(4, "little")
+    (tmp_path / "t.gguf").write_bytes(raw)
+    with pytest.raises(llama.CheckpointError) as e:
+        llama.load_checkpoint(tmp_path / "t.gguf")
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{tmp_path / 't.gguf'}: a tensor type the installed gguf package does not know")
+    assert "250" in str(e.value)
+
+
 def test_gguf_linear_bits_counts_the_linears_bytes(tmp_path):
     args = llama.ModelArgs(**TINY)   # dim 32, 4 heads of 8 (2 for k/v), hidden 96, 2 blocks
     q8 = np.zeros((32, 32 // 32 * 34), np.uint8)                      # attn_q of block 0 in Q8_0
