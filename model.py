@@ -535,7 +535,6 @@ def _load_hf(path: Path):
 # -----------------------------------------------------------------------------
 # GGUF (llama.cpp): one file, its metadata in key/value fields, tensors possibly block-quantized
 
-GGUF_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 GGUF_NAMES = {
     "token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
     "output.weight": "output.weight",
@@ -548,14 +547,58 @@ GGUF_NAMES = {
     "blk.{}.attn_norm.weight": "layers.{}.attention_norm.weight",
     "blk.{}.ffn_norm.weight": "layers.{}.ffn_norm.weight",
 }
+GGUF_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def gguf_types() -> tuple[str, ...]:
+    """The tensor types the loader reads: every type the installed gguf package can dequantize (F32, F16, BF16,
+    Q4_0 ... Q8_0, Q2_K ... Q6_K, IQ1_S ... IQ4_XS, TQ1_0, TQ2_0, MXFP4, ...), asked of the package itself with
+    one block of zero bytes, so that a newer package brings its new types along."""
+    import gguf
+    import numpy as np
+    readable = []
+    for qtype in gguf.GGMLQuantizationType:
+        block_bytes = gguf.GGML_QUANT_SIZES[qtype][1]
+        try:
+            gguf.quants.dequantize(np.zeros((1, block_bytes), np.uint8), qtype)
+        except NotImplementedError:  # integer tensors, F64, Q8_K (llama.cpp's scratch type), ...
+            continue
+        readable.append(qtype.name)
+    return tuple(readable)
+
+
+def _gguf_reader(path: Path):
+    import gguf
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:
+        if "GGMLQuantizationType" in str(e):  # a type newer than the package, such as llama.cpp's Q2_0 (42)
+            raise CheckpointError(f"{path}: a tensor type the installed gguf package does not know, not supported "
+                                  f"({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: unreadable or truncated GGUF ({_first_line(e)})") from None
+
+
+def gguf_linear_bits(path) -> dict:
+    """Bits per linear weight of a GGUF file, from its tensors' bytes, counted as squeeze10.py counts a packed
+    file's: 8 x the bytes of the blocks' seven linears (blk.N.attn_q ... ffn_down) / their number of weights;
+    the embedding, the output head and the norms are left out. `types`: how many of those linears each GGUF
+    type stores (llama.cpp mixes types within one file)."""
+    from collections import Counter
+    path = Path(path)
+    linear = re.compile(rf"blk\.\d+\.({'|'.join(GGUF_LINEARS)})\.weight")
+    tensors = [t for t in _gguf_reader(path).tensors if linear.fullmatch(t.name)]
+    if not tensors:
+        raise CheckpointError(f"{path}: no block linears (blk.N.attn_q.weight ...) in this GGUF file")
+    n_bytes = sum(int(t.n_bytes) for t in tensors)
+    n_weights = sum(int(t.n_elements) for t in tensors)
+    types = Counter(t.tensor_type.name for t in tensors)
+    return {"total": 8 * n_bytes / n_weights, "bytes": n_bytes, "linear_weights": n_weights,
+            "types": dict(sorted(types.items()))}
 
 
 def _load_gguf(path: Path):
     import gguf
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:
-        raise CheckpointError(f"{path}: unreadable or truncated GGUF ({_first_line(e)})") from None
+    reader = _gguf_reader(path)
 
     def field(key, default=None):
         f = reader.fields.get(key)
@@ -579,10 +622,12 @@ def _load_gguf(path: Path):
         rope_theta=float(f'{field("llama.rope.freq_base", 1e4):.7g}'),
         max_seq_len=field("llama.context_length", 4096), tie_embeddings="output.weight" not in by_name)
 
+    readable = gguf_types()
+
     def dequantize(t):
-        if t.tensor_type.name not in GGUF_TYPES:
+        if t.tensor_type.name not in readable:
             raise CheckpointError(f"{path}: tensor {t.name} has GGUF type {t.tensor_type.name}, not supported "
-                                  f"(supported: {', '.join(GGUF_TYPES)})")
+                                  f"(the gguf package dequantizes {', '.join(readable)})")
         shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dimensions innermost first
         return torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype("float32"))
 
