@@ -367,33 +367,6 @@ BIG_LAYER_BATCH = 10     # ... or up to this many for a layer of at least 2^24 w
                          # 576×576 at 5 rows: tables 0.25 ms, tiles 0.19 ms
 TILE_BYTES = 1 << 20     # one decoded tile of rows (transposed): about L2-sized
 CHUNK_GROUPS = 96        # at most this many row-groups per pass of the table kernel: ≤ 1.5 MB of tables, in L2
-PARALLEL_WEIGHTS = 1 << 22   # the table kernels run on one thread below this many weights (see `threads`)
-
-
-class threads:
-    """with threads(n): numba's parallel loops use n threads (numba.set_num_threads), then as before.
-    The table kernels of a small layer (SmolLM2's: under 1M weights) run on one thread: with two cores, a second
-    numba thread competes with the OpenMP threads torch keeps spinning between its own ops, and a decode step
-    of the embedded model took 230 ms instead of 61 (measured here)."""
-    def __init__(self, n: int):
-        self.n = n
-
-    def __enter__(self):
-        load_numba()
-        self.before = numba.get_num_threads()
-        self.n = min(self.n, numba.config.NUMBA_NUM_THREADS)
-        if self.n != self.before:                     # (a decode step enters 210 times: skip what it can)
-            numba.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        if self.n != self.before:
-            numba.set_num_threads(self.before)
-
-
-def table_threads(out: int, n_in: int) -> int:
-    return 1 if out * n_in < PARALLEL_WEIGHTS else os.cpu_count() or 1
-
-
 def interleave(a: torch.Tensor) -> np.ndarray:
     """(out, ...) -> (ceil(out/LANES), ..., LANES), zero rows padding the last block."""
     blocks = -(-a.shape[0] // LANES)
@@ -799,11 +772,10 @@ def numba_matmul(x: torch.Tensor, lay: dict, ir: bool | None = None) -> torch.Te
         ng = len(lay["groups"])
         chunks = -(-ng // CHUNK_GROUPS)              # equal chunks, so that each one's tables stay in L2
         bounds = [(c * ng // chunks, (c + 1) * ng // chunks) for c in range(chunks)]
-        with threads(table_threads(out, n_in)):
-            for m, xm in enumerate(x2.numpy()):
-                for g0, g1 in bounds:
-                    T, X = _tables(xm, lay["groups"], g0, g1)
-                    _gemv(xm, T, X, g0, g1, *args, y[m], ir)
+        for m, xm in enumerate(x2.numpy()):
+            for g0, g1 in bounds:
+                T, X = _tables(xm, lay["groups"], g0, g1)
+                _gemv(xm, T, X, g0, g1, *args, y[m], ir)
         y = torch.from_numpy(y[:, :out])
     else:
         y = torch.empty(M, out)
@@ -1005,8 +977,7 @@ def columns_matmul(x: torch.Tensor, lay: ColumnsLayout) -> torch.Tensor:
     if M <= COLUMNS_TABLE_BATCH:
         y = np.zeros((M, blocks * R), np.float32)
         one_group = M * (lay.groups[0, 3] - lay.groups[0, 2]) * 256 * 4           # table bytes of one row-group
-        with threads(table_threads(out, n_in)):
-            _columns_small(x2.numpy(), lay.colscale, max(1, TABLE_BYTES // one_group), *arrays, y)
+        _columns_small(x2.numpy(), lay.colscale, max(1, TABLE_BYTES // one_group), *arrays, y)
         y = torch.from_numpy(y[:, :out])
     else:
         y = torch.empty(M, blocks * R)
