@@ -397,15 +397,14 @@ ROWS = [
     Row("fp", None, "presets", "the reference: the embedded Q4_1 GGUF dequantized to fp32", zeroshot=True),
     Row("squeeze10", "", "presets", "the default: format version 2, salient columns shared by 32 rows",
         zeroshot=True),
-    Row("paper", "--preset paper", "presets", "the paper's format (version 1): 26 salient weights per 128",
-        zeroshot=True),
+    Row("paper", "--preset paper", "presets", "the paper's format (version 1): 26 salient weights per 128"),
     Row("pbllm", "--preset pbllm", "presets", "PB-LLM: 10 % salient at 8 bits, Hessian salience, no FIAS"),
     Row("xnor", "--preset xnor", "presets", "every weight binary, round to nearest"),
     Row("gptq2", "--preset gptq2", "uniform", "GPTQ, 2 bits"),
     Row("gptq2-fias", "--preset gptq2 --fias target", "uniform", "GPTQ, 2 bits, fitted to the fp outputs"),
     Row("gptq3", "--preset gptq3", "uniform", "GPTQ, 3 bits: plain 3-bit, near the paper's true bits"),
     Row("gptq3-fias", "--preset gptq3 --fias target", "uniform", "GPTQ, 3 bits, fitted to the fp outputs"),
-    Row("gptq4", "--preset gptq4", "uniform", "GPTQ, 4 bits: the near-lossless reference", zeroshot=True),
+    Row("gptq4", "--preset gptq4", "uniform", "GPTQ, 4 bits: the near-lossless reference"),
     Row("gptq4-fias", "--preset gptq4 --fias target", "uniform", "GPTQ, 4 bits, fitted to the fp outputs"),
     Row("salient0.53", "--salient 0.53", "version2", "53 % salient: about the paper's bits"),
     Row("no-pbar", "--no-pbar", "version2", "salience from the Hessian term only"),
@@ -443,7 +442,9 @@ TABLES = {
     "presets": Table("Presets at their true bits", "Every preset of `squeeze10.py` on the same harness."),
     "uniform": Table("Uniform GPTQ, with and without FIAS", "Plain 2, 3 and 4 bits, GPTQ's target (`--fias "
                      "off`) and FIAS `target`: the mixed 1/4-bit formats against uniform grids at their bits."),
-    "version2": Table("Version 2, one change at a time", "Each row is the default (`squeeze10`) with one flag."),
+    "version2": Table("Version 2, one change at a time", "Each row is the default (`squeeze10`) with one flag; "
+                      "not in the default run (seven version-2 quantizations, about 50 minutes here): "
+                      "`python eval.py --reproduce version2`.", optional=True),
     "llamacpp": Table("llama.cpp's quantization types", "One row per `out/llamacpp/SmolLM2-135M-Instruct.TYPE."
                       "gguf` (made by hand: the README's \"llama.cpp's quantization types\"), scored as it is."),
     "paper-ablations": Table("The paper's format, one change at a time", "Each row is `--preset paper` with one "
@@ -454,7 +455,7 @@ TABLES = {
 
 @dataclass(frozen=True)
 class Protocol:
-    """How every row is scored; cheap enough that the default rows take about 90 minutes on 2 cores (README)."""
+    """How every row is scored; cheap enough that the default rows take about 80 minutes on 2 cores (README)."""
     wiki_windows: int = 8          # of the embedded Wikipedia (`python eval.py` scores 16)
     heldout_windows: int = 4       # of the embedded technical.utf8, which neither calibration nor any choice saw
     seqlen: int = 2048

@@ -1370,19 +1370,26 @@ def rotated(make, one_bytes: int) -> list:
     return [make(i) for i in range(max(2, min(64, -(-ROTATE_BYTES // one_bytes))))]
 
 
-def _bench_cpu(out, n_in, batch, reps):
+def _cpu_weights(out, n_in) -> dict:
+    """Rotated copies of one shape's weights in every form the CPU benchmark times."""
+    return {"fp32": rotated(lambda i: torch.randn(out, n_in), 4 * out * n_in),
+            "bf16": rotated(lambda i: torch.randn(out, n_in).bfloat16(), 2 * out * n_in),
+            "v1": rotated(lambda i: random_cpu_layout(out, n_in, seed=i), layout_bytes(random_cpu_layout(out, n_in))),
+            "v2": rotated(lambda i: random_columns_layout(out, n_in, seed=i),
+                          layout_bytes(random_columns_layout(out, n_in)))}
+
+
+def _bench_cpu(w: dict, batch: int, reps: int):
     """Medians (ms) of dense fp32, dense bf16, version 1 (IR loops), version 1 (plain twins), version 2, each
-    measured in turn, five rounds, over rotated copies of its weights."""
-    fp32 = rotated(lambda i: torch.randn(out, n_in), 4 * out * n_in)
-    bf16 = rotated(lambda i: torch.randn(out, n_in).bfloat16(), 2 * out * n_in)
-    v1 = rotated(lambda i: random_cpu_layout(out, n_in, seed=i), layout_bytes(random_cpu_layout(out, n_in)))
-    v2 = rotated(lambda i: random_columns_layout(out, n_in, seed=i), layout_bytes(random_columns_layout(out, n_in)))
+    measured in turn, five rounds, over rotated copies of its weights (`_cpu_weights`)."""
+    n_in = w["fp32"][0].shape[1]
     x = torch.randn(batch, n_in)
     xb = x.bfloat16()
-    calls = {"fp32": lambda i: x @ fp32[i % len(fp32)].T, "bf16": lambda i: xb @ bf16[i % len(bf16)].T,
-             "v1": lambda i: numba_matmul(x, v1[i % len(v1)], ir=True),
-             "v1-plain": lambda i: numba_matmul(x, v1[i % len(v1)], ir=False),
-             "v2": lambda i: columns_matmul(x, v2[i % len(v2)])}
+    calls = {"fp32": lambda i: x @ w["fp32"][i % len(w["fp32"])].T,
+             "bf16": lambda i: xb @ w["bf16"][i % len(w["bf16"])].T,
+             "v1": lambda i: numba_matmul(x, w["v1"][i % len(w["v1"])], ir=True),
+             "v1-plain": lambda i: numba_matmul(x, w["v1"][i % len(w["v1"])], ir=False),
+             "v2": lambda i: columns_matmul(x, w["v2"][i % len(w["v2"])])}
     for call in calls.values():
         call(0)                                                   # compile (or load from numba's cache)
     ms = {name: [] for name in calls}
@@ -1390,10 +1397,12 @@ def _bench_cpu(out, n_in, batch, reps):
         for name, call in calls.items():
             it = iter(range(1 << 30))
             ms[name].append(_median_ms(lambda: call(next(it)), reps))
-    return {name: sorted(v)[2] for name, v in ms.items()}, {"v1": layout_bytes(v1[0]), "v2": layout_bytes(v2[0])}
+    return {name: sorted(v)[2] for name, v in ms.items()}, {"v1": layout_bytes(w["v1"][0]),
+                                                           "v2": layout_bytes(w["v2"][0])}
 
 
-def _bench_cuda(out, n_in, batch, reps):
+def _bench_cuda(shape, batch, reps):
+    out, n_in = shape
     dense_copies = max(2, min(64, -(-ROTATE_BYTES // (2 * out * n_in))))
     dense = [torch.randn(out, n_in, device="cuda", dtype=torch.float16) for _ in range(dense_copies)]
     t, spec = random_bytes(out, n_in)
@@ -1435,9 +1444,10 @@ def bench(as_json: bool, backend: str, reps: int, shapes=BENCH_SHAPES, batches=B
         print(f"{'backend':8} {'layout':8} {'shape':>11} {'batch':>5} {dense + ' ms':>9} {'bf16 ms':>8} "
               f"{'kernel ms':>9} {'speedup':>7} {'MB read':>7} {'GB/s':>6}")
     for out, n_in in shapes:
+        weights = (out, n_in) if backend == "triton" else _cpu_weights(out, n_in)
         for batch in batches:
             run = _bench_cuda if backend == "triton" else _bench_cpu
-            ms, nbytes = run(out, n_in, batch, reps)
+            ms, nbytes = run(weights, batch, reps)
             for layout in [k for k in ms if k.startswith("v")]:
                 kbytes = nbytes[layout[:2]]
                 row = dict(backend=backend, layout=layout, shape=f"{out}x{n_in}", batch=batch,
@@ -1454,32 +1464,55 @@ def bench(as_json: bool, backend: str, reps: int, shapes=BENCH_SHAPES, batches=B
 
 
 def decode_bench(files: dict, rounds: int = 3, tokens: int = 64) -> dict:
-    """Greedy decoding of the embedded model, `tokens` new tokens, for each checkpoint of `files` (name -> path,
-    None: full precision) in turn, `rounds` times (eval.py --generate, a process each): the median tokens/s,
-    and whether each packed file writes the same text through the reference path."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+    """Greedy decoding of the embedded model for each checkpoint of `files` (name -> path; None: full
+    precision), all loaded in this process and timed in turn, `rounds` times: the median tokens/s over
+    `tokens` decode steps (EOS does not stop them: every model does the same work), where a step's time goes
+    (ms: the block linears, the output head, everything else), and whether each packed file picks the same
+    tokens through the reference path."""
+    import model as llama
 
-    def generate(ckpt, backend="auto"):
-        cmd = [sys.executable, str(Path(__file__).with_name("eval.py")), "--generate", "The capital of France is",
-               "--max-new-tokens", str(tokens), "--backend", backend, "--json"] + (["--ckpt", str(ckpt)] if ckpt else [])
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr.strip().splitlines()[-1:]}")
-        return json.loads(res.stdout.strip().splitlines()[-1])
+    @torch.inference_mode()
+    def greedy(m, spent=None):
+        m.setup_cache(1, 4 + tokens)
+        logits = m(torch.tensor([[504, 3575, 282, 4649, 314]]))[0, -1]     # "The capital of France is"
+        if spent is not None:
+            spent[0] = 0.0                                   # (the prefill does not count)
+        ids, t0 = [], time.perf_counter()
+        for pos in range(5, 4 + tokens):
+            ids.append(int(logits.argmax()))
+            logits = m(torch.tensor([[ids[-1]]]), start=pos)[0, -1]
+        dt = time.perf_counter() - t0
+        m.setup_cache(None, 0)
+        return ids, (tokens - 1) / dt
+    models = {name: llama.load_checkpoint(path) for name, path in files.items()}
     speeds = {name: [] for name in files}
-    texts = {}
+    ids = {}
     for _ in range(rounds):
-        for name, ckpt in files.items():
-            out = generate(ckpt)
-            speeds[name].append(out["tokens_per_s"])
-            texts[name] = out["text"]
-    result = {f"{name}_tok_s": sorted(v)[len(v) // 2] for name, v in speeds.items()}
-    for name, ckpt in files.items():
-        if ckpt is not None:
-            result[f"{name}_same_text_as_reference"] = generate(ckpt, "reference")["text"] == texts[name]
+        for name, m in models.items():
+            ids[name], speed = greedy(m)
+            speeds[name].append(speed)
+    result = {f"{name}_tok_s": round(sorted(v)[len(v) // 2], 2) for name, v in speeds.items()}
+    for name, m in models.items():
+        spent = [0.0]                                        # seconds in the block linears, by forward hooks
+        hooks = []
+        for mod_name, mod in m.named_modules():
+            if mod_name.startswith("layers.") and isinstance(mod, (torch.nn.Linear, llama.QuantLinear)):
+                hooks.append(mod.register_forward_pre_hook(lambda mod, x: setattr(mod, "_t0", time.perf_counter())))
+                hooks.append(mod.register_forward_hook(
+                    lambda mod, x, y: spent.__setitem__(0, spent[0] + time.perf_counter() - mod._t0)))
+        _, speed = greedy(m, spent)
+        for h in hooks:
+            h.remove()
+        m.setup_cache(1, 1)                                   # the head as a decode step runs it, timed alone
+        h = torch.randn(1, 1, m.args.dim)
+        head_ms = _median_ms(lambda: torch.nn.functional.linear(h.half(), m.decode_head), 21)
+        m.setup_cache(None, 0)
+        step, linears = 1e3 / speed, 1e3 * spent[0] / (tokens - 1)
+        result[f"{name}_ms_per_step"] = {"total": round(step, 2), "linears": round(linears, 2),
+                                         "head": round(head_ms, 2), "rest": round(step - linears - head_ms, 2)}
+        if files[name] is not None:
+            llama.set_backend(m, "reference")
+            result[f"{name}_same_tokens_as_reference"] = greedy(m)[0] == ids[name]
     return result
 
 

@@ -81,7 +81,7 @@ def test_the_cache_key_changes_with_what_a_row_depends_on_and_not_otherwise(tmp_
     assert keys(protocol=more_windows) == (q3, keys(protocol=more_windows)[1]) != (q3, s3)
     other_limit = replace(P, zeroshot_limit=6)                           # zero-shot items: only rows that have it
     assert keys(ROW["gptq2"], other_limit) == keys(ROW["gptq2"])
-    assert ROW["gptq4"].zeroshot and keys(ROW["gptq4"], other_limit)[1] != keys(ROW["gptq4"])[1]
+    assert ROW["squeeze10"].zeroshot and keys(ROW["squeeze10"], other_limit)[1] != keys(ROW["squeeze10"])[1]
     assert keys(replace(ROW["gptq3"], shows="reworded"), P) == (q3, s3)  # words are not inputs
     assert keys(replace(ROW["gptq3"], flags=" --preset  gptq3 ")) == (q3, s3)  # nor spaces
 
