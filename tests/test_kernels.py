@@ -239,10 +239,18 @@ def test_the_kv_cache_reproduces_the_full_forward_pass(packed):
     with torch.inference_mode():
         full = m(tokens)
         m.setup_cache(2, 12)
+        assert m.decode_head is not None and m.decode_head.dtype == torch.float16   # one-token steps' head
+        half = m.decode_head
+        m.decode_head = None                                         # first the cache alone: exact
         steps = [m(tokens[:, :7])] + [m(tokens[:, i:i + 1], start=i) for i in range(7, 10)]
         steps.append(m(tokens[:, 10:], start=10))                    # two new positions at once
+        m.setup_cache(2, 12)
+        m(tokens[:, :7])
+        one = m(tokens[:, 7:8], start=7)                             # then a step through the fp16 head
         m.setup_cache(None, 0)
+    assert m.decode_head is None and half.equal(m.output.weight.half())
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    assert torch.allclose(one, full[:, 7:8], atol=2e-2, rtol=1e-2) and one.argmax(-1).equal(full[:, 7:8].argmax(-1))
 
 
 def test_generation_from_a_packed_model_is_deterministic(packed):
