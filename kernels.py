@@ -144,7 +144,7 @@ def check_encoding(tensors: dict, spec: dict):
             why = "above 242 = 3^5 - 1" if v > 242 else f"sets base-3 digits past the row-group's width {widths[g]}"
             raise ValueError(f"trits row {r}, row-group {g}: byte {v} {why}")
     if "zero" in tensors:
-        at = first(tensors["zero"] >= 2 ** spec["high_bits"])
+        at = first(tensors["zero"].int() >= 2 ** spec["high_bits"])   # (as uint8, 2**8 would wrap to 0)
         if at is not None:
             r, g = at
             raise ValueError(f"zero row {r}, row-group {g}: zero point {int(tensors['zero'][r, g])} is outside "

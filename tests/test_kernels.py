@@ -142,6 +142,18 @@ def test_a_row_group_with_the_wrong_salient_count_is_refused_by_name():
         kernels.cpu_layout(t, spec)
 
 
+@pytest.mark.parametrize("high_bits", [4, 8])
+def test_zero_points_on_the_grid_pass_the_encoding_check_and_one_past_it_does_not(high_bits):
+    """8-bit codes (the pbllm preset): a uint8 zero point of 255 is on the grid, and 2**8 must not wrap to 0."""
+    t, spec = random_linear(6, 256, "trits", high_bits)
+    t["zero"][:] = 2 ** high_bits - 1
+    kernels.check_encoding(t, spec)                      # on the grid: passes
+    if high_bits < 8:
+        t["zero"][2, 1] = 2 ** high_bits
+        with pytest.raises(ValueError, match=r"zero row 2, row-group 1: zero point 16 is outside"):
+            kernels.check_encoding(t, spec)
+
+
 def test_numba_rejects_what_it_cannot_hold():
     t, spec = random_linear(4, 64, "trits", 8, group_size=512)
     with pytest.raises(ValueError, match="16-bit entries"):
