@@ -190,15 +190,19 @@ def test_model_dtype_changes_leave_the_packed_bytes_alone():
 # -----------------------------------------------------------------------------
 # packed models: loading, evaluation, generation
 
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory):
-    d = tmp_path_factory.mktemp("k")
+def write_packed(d, *flags):
+    """A tiny GGUF, a text, and the tiny model quantized with `flags` to d / q.safetensors."""
     write_gguf(d / "tiny.gguf", llama.ModelArgs(**{**TINY, "vocab_size": 261}))
     (d / "text.txt").write_text("hello world, the quick brown fox jumps over the lazy dog. " * 100)
     rc = sq.main(["--ckpt", str(d / "tiny.gguf"), "--calib", "text", str(d / "text.txt"), "--nsamples", "8",
-                  "--seqlen", "32", "--preset", "paper", "--out", str(d / "q.safetensors")])
-    assert rc == 0   # version 1, which the numba and Triton kernels read
+                  "--seqlen", "32", *flags, "--out", str(d / "q.safetensors")])
+    assert rc == 0
     return d
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    return write_packed(tmp_path_factory.mktemp("k"), "--preset", "paper")   # version 1
 
 
 def test_quantizing_a_packed_file_again_is_refused_in_one_line(packed, capsys):

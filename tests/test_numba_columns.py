@@ -13,9 +13,8 @@ import torch
 
 import eval as ev
 import kernels
-import squeeze10 as sq
 import model as llama
-from conftest import TINY, write_gguf
+from test_kernels import write_packed
 from test_triton_columns import CONFIGS, random_columns_linear, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,13 +72,7 @@ def test_model_and_squeeze10_do_not_import_numba():
 
 @pytest.fixture(scope="module")
 def packed_v2(tmp_path_factory):
-    d = tmp_path_factory.mktemp("v2")
-    write_gguf(d / "tiny.gguf", llama.ModelArgs(**{**TINY, "vocab_size": 261}))
-    (d / "text.txt").write_text("hello world, the quick brown fox jumps over the lazy dog. " * 100)
-    rc = sq.main(["--ckpt", str(d / "tiny.gguf"), "--calib", "text", str(d / "text.txt"), "--nsamples", "8",
-                  "--seqlen", "32", "--block-rows", "4", "--out", str(d / "q.safetensors")])
-    assert rc == 0   # the default preset: version 2
-    return d
+    return write_packed(tmp_path_factory.mktemp("v2"), "--block-rows", "4")   # the default preset: version 2
 
 
 def test_perplexity_of_a_version_2_file_through_every_backend(packed_v2, capsys):
