@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 import data
 import model as llama
+from tools import cli
 
 class NumericError(ValueError):
     """A result that came out NaN or Inf: an error, never a printed number."""
@@ -106,10 +107,6 @@ def eval_text(args) -> tuple[str, str]:
         return read(rest[0]), f"{kind} {rest[0]}"
     raise data.DataError(f"--data {' '.join(args.data)}: expected 'embedded', 'technical', 'wikitext2 PATH' or "
                          "'c4 PATH'")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 # =============================================================================
@@ -297,7 +294,7 @@ def run_zeroshot(args, ckpt, model, tokenizer, tasks, load_seconds: float, t0: f
     if args.json:
         report = {**result, "ckpt": str(ckpt), "limit": args.limit, "seconds": round(seconds, 2),
                   "load_seconds": round(load_seconds, 2), "total_seconds": round(time.time() - t0, 2),
-                  "peak_rss_mb": round(peak_rss_mb()), "device": args.device, "dtype": args.dtype,
+                  "peak_rss_mb": round(cli.peak_rss_mb()), "device": args.device, "dtype": args.dtype,
                   "backend": args.backend}
         print(json.dumps(report))
     return 0
@@ -356,7 +353,7 @@ def run_generate(args, ckpt, model, tokenizer) -> int:
           f"decode {speed}; backend {args.backend}", file=sys.stderr)
     if args.json:
         print(json.dumps({"ckpt": str(ckpt), "backend": args.backend, "device": args.device, "dtype": args.dtype,
-                          "peak_rss_mb": round(peak_rss_mb()), **out}))
+                          "peak_rss_mb": round(cli.peak_rss_mb()), **out}))
     return 0
 
 
@@ -586,14 +583,6 @@ def read_records(rows: list[Row], keys: dict, results: Path = RESULTS) -> dict:
     return {r.name: rec for r in rows if (rec := read_record(results / f"{r.name}.json", keys[r.name]))}
 
 
-def write_atomic(path: Path, text: str):
-    """Write `text` to `path` through a temporary file and a rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_quantizer(cmd: list[str]) -> dict:
     """Run squeeze10.py, its progress (stderr) shown indented; returns its --json report (stdout's last line)."""
     with tempfile.TemporaryFile("w+") as stdout:
@@ -629,7 +618,7 @@ def quantized(row: Row, key: str, protocol: Protocol, out_dir: Path) -> tuple[Pa
            "--out", str(out), "--json"]
     out_dir.mkdir(parents=True, exist_ok=True)
     report = run_quantizer(cmd)
-    write_atomic(meta, json.dumps({"key": key, "sha256": file_sha256(out), "report": report}))
+    cli.write_text_atomic(meta, json.dumps({"key": key, "sha256": file_sha256(out), "report": report}))
     return out, report, time.time() - t0
 
 
@@ -771,7 +760,7 @@ def reproduce(names: list[str], protocol: Protocol, results: Path = RESULTS, out
         try:
             qkey = quant_key(row, protocol, hashes, env) if row.flags is not None else None
             record = make(row, keys[row.name], qkey, protocol, scorer, out_dir)
-            write_atomic(results / f"{row.name}.json", json.dumps(asdict(record), indent=1) + "\n")
+            cli.write_text_atomic(results / f"{row.name}.json", json.dumps(asdict(record), indent=1) + "\n")
         except Exception as e:  # any failure of one row (Interrupted is a BaseException: it stops the run)
             failed[row.name] = f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0]
             print(f"error: row {row.name}: {failed[row.name]}", file=sys.stderr)
@@ -949,22 +938,22 @@ def write_results(rows: list[Row], keys: dict, results: Path = RESULTS, failed: 
     records = read_records(rows, keys, results)
     results.mkdir(parents=True, exist_ok=True)
     figures, note = plot(*points(rows, records), results)
-    write_atomic(results / "RESULTS.md", render_results(rows, records, figures, note, failed or {}) + "\n")
+    cli.write_text_atomic(results / "RESULTS.md", render_results(rows, records, figures, note, failed or {}) + "\n")
     return note
 
 
 def main(argv=None):
     """The command line: flags checked, then the run; SIGINT or SIGTERM end it with one line (exit 130, 143)."""
     try:
-        with llama.interruptible():
+        with cli.interruptible():
             return run(parse_args(argv))
-    except llama.Interrupted as e:
+    except cli.Interrupted as e:
         print(f"error: interrupted by {e}", file=sys.stderr)
         return 128 + e.signum
 
 
 def parse_args(argv=None):
-    p = llama.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=None, help="checkpoint: directory, .gguf, or name under $SQUEEZE10_MODELS "
                                                 "(default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.model or .gguf (default: the checkpoint's own)")
@@ -1003,8 +992,8 @@ def parse_args(argv=None):
         p.error("--seqlen must be at least 2")
     if args.windows is not None and args.windows < 1:
         p.error("--windows must be at least 1")
-    if llama.check_device(args.device):
-        p.error(llama.check_device(args.device))
+    if cli.check_device(args.device):
+        p.error(cli.check_device(args.device))
     if args.backend == "numba" and args.device != "cpu":
         p.error("--backend numba runs on the CPU: use --device cpu, or --backend triton/auto")
     if args.backend == "triton" and not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
@@ -1013,8 +1002,8 @@ def parse_args(argv=None):
         p.error(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         p.error(f"--temperature {args.temperature}: must be a finite number >= 0")
-    if llama.check_seed(args.seed):
-        p.error(llama.check_seed(args.seed))
+    if cli.check_seed(args.seed):
+        p.error(cli.check_seed(args.seed))
     if args.generate is not None and args.tasks:
         p.error("--generate and --tasks are separate runs")
     return args
@@ -1064,7 +1053,7 @@ def run(args) -> int:
     report = {"ckpt": str(ckpt), "data": text_name, "ppl": round(result["ppl"], 4), "tokens": result["tokens"],
               "windows": len(batches), "seqlen": args.seqlen, "seconds": round(seconds, 2),
               "load_seconds": round(load_seconds, 2), "total_seconds": round(time.time() - t0, 2),
-              "peak_rss_mb": round(peak_rss_mb()), "device": args.device, "dtype": args.dtype,
+              "peak_rss_mb": round(cli.peak_rss_mb()), "device": args.device, "dtype": args.dtype,
               "backend": args.backend}
     print(f"perplexity {result['ppl']:.4f} over {result['tokens']} tokens ({len(batches)} x {args.seqlen}) "
           f"in {seconds:.1f} s")

@@ -74,6 +74,54 @@ def unpack_trits(packed: torch.Tensor, count: int) -> torch.Tensor:
     return digits.flatten(1)[:, :count]
 
 
+def pack_bits(values: torch.Tensor, nbits: int) -> torch.Tensor:
+    """(rows, count) integers < 2^nbits -> (rows, ceil(count·nbits/8)) uint8, least significant bit first:
+    the inverse of unpack_bits."""
+    rows, count = values.shape
+    bits = (values.to(torch.int32)[..., None] >> torch.arange(nbits, dtype=torch.int32)) & 1
+    bits = bits.reshape(rows, count * nbits)
+    nbytes = bit_bytes(count, nbits)
+    bits = torch.nn.functional.pad(bits, (0, nbytes * 8 - count * nbits))
+    return (bits.reshape(rows, nbytes, 8) << torch.arange(8, dtype=torch.int32)).sum(-1).to(torch.uint8)
+
+
+def pack_trits(states: torch.Tensor) -> torch.Tensor:
+    """(rows, count) values in {0, 1, 2} -> (rows, ceil(count/5)) uint8, five base-3 digits per byte: the
+    inverse of unpack_trits."""
+    rows, count = states.shape
+    nbytes = trit_bytes(count)
+    states = torch.nn.functional.pad(states.to(torch.int32), (0, nbytes * 5 - count))
+    powers = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
+    return (states.reshape(rows, nbytes, 5) * powers).sum(-1).to(torch.uint8)
+
+
+def pack_groups(spec: dict, codes, mask, mu, alpha, scale, zero) -> dict:
+    """Version 1: one quantized linear -> its packed tensors by short name (the inverse of `dequantize`).
+    codes (out, in): each weight's grid code, or its sign bit (1: +) where mask (out, in) is False;
+    mu, alpha, scale, zero (out, ng) float32, already at their stored precision (fp16)."""
+    out, n = spec["shape"]
+    G, hb, layout = spec["group_size"], spec["high_bits"], spec["layout"]
+    states, high = [], []
+    for g, (w, k) in enumerate(zip(group_widths(n, G), spec["k"])):
+        c, m = codes[:, g * G:g * G + w], mask[:, g * G:g * G + w]
+        assert int(m.sum()) == out * k, "every row-group holds exactly k salient weights"
+        if layout == "trits":
+            states.append(pack_trits(torch.where(m, 2, c.to(torch.int32))))
+        elif layout == "signs":
+            states.append(pack_bits(c, 1))
+        if layout != "signs" and k:
+            high.append(pack_bits(c[m].reshape(out, k), hb))
+    tensors = {}
+    if layout != "grid":
+        tensors[layout] = torch.cat(states, 1)
+        tensors["binary"] = torch.stack([mu, alpha], -1).half()
+    if layout != "signs":
+        tensors["high"] = torch.cat(high, 1) if high else torch.zeros(out, 0, dtype=torch.uint8)
+        tensors["scale"], tensors["zero"] = scale.half(), zero.to(torch.uint8)
+    check_tensors(tensors, expected_shapes(spec), layout)
+    return tensors
+
+
 def expected_shapes(spec: dict) -> dict:
     """The shape and dtype of every tensor a linear with this spec must have."""
     out, n_in = spec["shape"]
@@ -225,6 +273,34 @@ def expected_columns_shapes(spec: dict) -> dict:
             "scale": ((out, ng), dtype),
             "zero": ((out, bit_bytes(ng, hb)), torch.uint8),
             **({"colscale": ((n_in,), dtype)} if spec.get("column_scale") else {})}
+
+
+def pack_columns(spec: dict, codes, mask, mu, alpha, scale, zero, colscale=None) -> dict:
+    """Version 2: one quantized linear -> its packed tensors (the inverse of `dequantize_columns`): per-block
+    column bitmaps, each row's binary signs and salient codes in column order, its parameters in fp16, or fp8
+    in units of 2^unit_exp (zeros in high_bits bits). Arguments as pack_groups; colscale (in,) or None."""
+    out, n = spec["shape"]
+    R, k = spec["block_rows"], spec["k"]
+    first = mask[::R]                                            # (blocks, in): each block's first row
+    assert torch.equal(first.repeat_interleave(R, 0)[:out], mask), "rows of a block share their salient columns"
+    dtype = SCALE_DTYPES[spec["scales"]]
+    unit = 2.0 ** spec.get("unit_exp", 0) if spec["scales"] == "fp8" else 1.0
+
+    def stored(p):                                               # already rounded: the cast is exact
+        t = (p / unit).to(dtype)
+        assert torch.equal(t.float() * unit, p), "parameters hold their stored precision"
+        return t
+    tensors = dict(columns=pack_bits(first.to(torch.int32), 1),
+                   signs=pack_bits(codes[~mask].reshape(out, n - k), 1),
+                   high=pack_bits(codes[mask].reshape(out, k), spec["high_bits"]),
+                   binary=stored(torch.stack([mu, alpha], -1)),
+                   scale=stored(scale),
+                   zero=pack_bits(zero.to(torch.int32), spec["high_bits"]))
+    if spec.get("column_scale"):
+        tensors["colscale"] = colscale.to(dtype)
+        assert torch.equal(tensors["colscale"].float(), colscale)
+    check_tensors(tensors, expected_columns_shapes(spec), COLUMNS)
+    return tensors
 
 
 def check_columns_spec(spec: dict, tensors: dict):

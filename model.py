@@ -17,15 +17,11 @@ A 7B model is never held twice: the model is built on the `meta` device (no memo
 checked against the shape the config implies, converted, and assigned (`load_state_dict(assign=True)`).
 Meta's shards are opened with `mmap=True`, so a tensor already in the requested dtype is never copied.
 """
-import argparse
-import contextlib
 import json
 import math
 import os
 import re
-import signal
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -849,66 +845,11 @@ def num_params(model: nn.Module) -> int:
     return quantized + sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-# -----------------------------------------------------------------------------
-# What every command line shares: one-line errors, signals, devices
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr ("error: ..."), exit code 2, without the usage text."""
-    def error(self, message):
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM, raised wherever the program is, so that `finally` blocks still run (a temporary file
-    is removed) and main() prints one line and exits with 128 + the signal's number: 130, 143. A
-    BaseException, so that no `except Exception` on the way turns it into a different error."""
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def interruptible():
-    """While the block runs, SIGINT and SIGTERM raise Interrupted (main thread only: elsewhere Python cannot
-    install handlers, and nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    def handler(signum, frame):
-        raise Interrupted(signum)
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-
-def check_device(name: str) -> str | None:
-    """None if torch can put a tensor on device `name`; otherwise why not, in one line."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as e:
-        return f"--device {name}: not a device torch knows ({_first_line(e)})"
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return f"--device {name}: this torch build sees no CUDA device"
-    try:
-        torch.empty(1, device=device)
-    except Exception as e:  # each backend raises its own type: RuntimeError, AssertionError, ...
-        return f"--device {name}: not usable here ({_first_line(e)})"
-    return None
-
-
-def check_seed(seed: int) -> str | None:
-    if not 0 <= seed < 2**63:
-        return f"--seed {seed}: must be in 0 .. 2^63 - 1"
-    return None
-
-
 def _main():
     import resource
     import time
-    p = Parser(description="Load a checkpoint; print its shape, load time and peak memory.")
+    from tools import cli
+    p = cli.Parser(description="Load a checkpoint; print its shape, load time and peak memory.")
     p.add_argument("--ckpt", default=None, help="checkpoint path or name (default: the embedded SmolLM2-135M)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     a = p.parse_args()
@@ -932,9 +873,5 @@ def _main():
 
 
 if __name__ == "__main__":
-    try:
-        with interruptible():
-            sys.exit(_main())
-    except Interrupted as e:
-        print(f"error: interrupted by {e}", file=sys.stderr)
-        sys.exit(128 + e.signum)
+    from tools import cli
+    sys.exit(cli.run_main(lambda argv: _main()))

@@ -119,6 +119,7 @@ from safetensors.torch import save_file
 import data
 import kernels
 import model as llama
+from tools import cli
 
 GROUP_SIZE = 128      # input columns per row-group (METHOD.md's G)
 DAMP = 0.01           # δ = DAMP · mean(diag H)
@@ -858,108 +859,10 @@ def linear_bits(tensors: dict, spec: dict) -> dict:
             "scales": scales / (out * n), "total": total / (out * n), "bytes": total // 8}
 
 
-class WriteError(OSError):
-    """Writing the output failed (full disk, I/O error, ...): a one-line message naming the path."""
-
-
 def checksums(tensors: dict) -> dict:
     """The metadata's record of every tensor's bytes (kernels.CHECKSUM), which the loader checks: any tensor
     of any layout, so that a flipped bit anywhere in the file is found and named."""
     return dict(algorithm=kernels.CHECKSUM, tensors={n: kernels.tensor_checksum(t) for n, t in sorted(tensors.items())})
-
-
-def partial_name(path: Path, pid: int | None = None) -> Path:
-    """Where `path` is written before the rename: `.NAME.PID.partial` beside it, so that a file left by a
-    killed run (SIGKILL, power loss) says which output it was for, and which process wrote it."""
-    return path.with_name(f".{path.name}.{os.getpid() if pid is None else pid}.partial")
-
-
-def remove_stale_partials(path: Path) -> list[Path]:
-    """Delete what killed runs left while writing `path` (their process is gone); returns what it removed."""
-    removed = []
-    for f in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
-        pid = f.name[len(path.name) + 2:-len(".partial")]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)                   # no error: that process still runs (and may be writing)
-            continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:                    # another user's live process
-            continue
-        try:
-            f.unlink()
-            removed.append(f)
-        except OSError:
-            pass
-    return removed
-
-
-def write_atomic(path: Path, tensors: dict, metadata: dict):
-    """Write to a temporary name in the same directory (`partial_name`), flush it to disk, then rename: an
-    error, SIGINT or SIGTERM (model.interruptible makes them exceptions) removes the temporary file and leaves
-    an older file at `path` as it was. Any failure is a WriteError naming `path`: safetensors raises its own
-    SafetensorError, not an OSError, when the disk is full."""
-    tmp = partial_name(path)
-    try:
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-            with open(tmp, "rb+") as f:            # a full disk or an I/O error can surface only here
-                os.fsync(f.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)          # safetensors creates files 0600; give the usual permissions
-            os.replace(tmp, path)
-        except (OSError, SafetensorError) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
-            raise WriteError(f"{path}: cannot write: {reason}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
-              (stat.S_ISSOCK, "a socket"))
-
-
-def check_writable(path: Path, inputs=()) -> Path:
-    """Fail before hours of work, not after: the output must be a regular file or a new name in a directory
-    that accepts files, and not one of the `inputs` (the same inode, or the same path once resolved). A
-    symlink is followed: its target is written. Removes what killed runs left there. Returns the path to
-    write."""
-    target = path.resolve() if path.is_symlink() else path
-    via = f" (through the symlink {path})" if target != path else ""
-    try:
-        st = os.stat(target)
-    except FileNotFoundError:
-        st = None
-    except OSError as e:
-        raise SettingsError(f"{path}: cannot write: {e.strerror or e}") from None
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        raise SettingsError(f"{path}: is a directory; --out needs a file name")
-    for test, kind in FILE_KINDS:
-        if st is not None and test(st.st_mode):
-            raise SettingsError(f"{target}: is {kind}{via}; --out must be a regular file or a new file name")
-    for inp in inputs:
-        same = os.path.realpath(inp) == os.path.realpath(target)
-        if st is not None and not same:
-            try:
-                same = os.path.samestat(st, os.stat(inp))
-            except OSError:
-                pass
-        if same:
-            raise SettingsError(f"{path}: is the input {inp}; writing there would destroy it")
-    parent = target.parent
-    if not parent.is_dir():
-        raise SettingsError(f"{path}: cannot write: directory {parent} does not exist")
-    remove_stale_partials(target)
-    probe = partial_name(target)
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise SettingsError(f"{path}: cannot write: {e.strerror or e}") from None
-    return target
 
 
 def safe_cholesky(H, upper: bool = False):
@@ -1062,7 +965,7 @@ def save_packed(path: Path, model, packed: dict, specs: dict, info: dict):
     version = 2 if any(spec["layout"] == kernels.COLUMNS for spec in specs.values()) else 1   # v1 files as before
     meta = dict(format=kernels.FORMAT, version=version, config=asdict(model.args), linears=specs,
                 checksums=checksums(tensors), **info)
-    write_atomic(path, tensors, {kernels.FORMAT: json.dumps(meta, sort_keys=True)})
+    cli.write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={kernels.FORMAT: json.dumps(meta, sort_keys=True)}))
 
 
 def summarize(report: list, file_bytes: int, n_params: int) -> dict:
@@ -1134,7 +1037,7 @@ def stem(ckpt: Path) -> str:
 
 
 def parse_args(argv=None):
-    p = llama.Parser(description=__doc__.split("\n\n")[0],
+    p = cli.Parser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=None, help="checkpoint directory, .gguf, or name (default: embedded SmolLM2)")
     p.add_argument("--synthetic", default=None, choices=SYNTHETIC, help="random weights of this model's shapes")
@@ -1177,10 +1080,10 @@ def prepare(a):
     """Check every argument, load the model and tokenize the calibration set: everything that can fail on
     bad input fails here, before any quantization. Returns the model, tokens, settings and file facts."""
     s = settings_from_args(a)
-    if llama.check_device(a.device):
-        raise SettingsError(llama.check_device(a.device))
-    if llama.check_seed(a.seed):
-        raise SettingsError(llama.check_seed(a.seed))
+    if cli.check_device(a.device):
+        raise SettingsError(cli.check_device(a.device))
+    if cli.check_seed(a.seed):
+        raise SettingsError(cli.check_seed(a.seed))
     for flag, least in (("nsamples", 1), ("seqlen", 2), ("blocks", 1)):
         if getattr(a, flag) is not None and getattr(a, flag) < least:
             raise SettingsError(f"--{flag} {getattr(a, flag)}: must be at least {least}")
@@ -1194,7 +1097,7 @@ def prepare(a):
     out = Path(a.out) if a.out else Path("out") / f"{name}.{a.preset}.safetensors"
     if not a.out:
         out.parent.mkdir(exist_ok=True)
-    out = check_writable(out, input_files(ckpt, a.tokenizer, rest[0] if rest else None))
+    out = cli.check_writable(out, cli.input_files(ckpt, a.tokenizer, rest[0] if rest else None))
     if a.synthetic:
         model = synthetic_model(a.synthetic, a.blocks, a.seed)
     else:  # bf16 keeps a 7B model in 13 GB; each block is quantized in fp32 on the device
@@ -1238,9 +1141,9 @@ def main(argv=None):
     """The command line. SIGINT and SIGTERM end it with one line and exit code 130 / 143, and no partial file."""
     a = parse_args(argv)
     try:
-        with llama.interruptible():
+        with cli.interruptible():
             return run(a)
-    except llama.Interrupted as e:
+    except cli.Interrupted as e:
         print(f"error: interrupted by {e}; no partial file is left", file=sys.stderr)
         return 128 + e.signum
 
@@ -1249,7 +1152,7 @@ def run(a) -> int:
     t_start = time.time()
     try:
         model, tokens, s, name, out, info = prepare(a)
-    except (SettingsError, llama.CheckpointError, data.DataError) as e:
+    except (SettingsError, cli.OutputError, llama.CheckpointError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     blocks_done = 0
@@ -1281,7 +1184,7 @@ def run(a) -> int:
                 "the damping to factorise")
     try:
         save_packed(out, model, packed, specs, info)
-    except WriteError as e:
+    except cli.WriteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except SettingsError as e:
