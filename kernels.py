@@ -208,6 +208,17 @@ def tensor_checksum(t: torch.Tensor) -> str:
     return hashlib.sha256(flat.view(torch.uint8).numpy()).hexdigest()
 
 
+def grid_weights(codes, scale, zero):
+    """A salient weight from its grid code: scale · (code − zero)."""
+    return scale * (codes - zero)
+
+
+def binary_weights(plus, mu, alpha, colscale=None):
+    """A binary weight from its sign: μ ± α, or μ ± α·c_j with column scales."""
+    ac = alpha if colscale is None else alpha * colscale
+    return torch.where(plus, mu + ac, mu - ac)
+
+
 def dequantize(tensors: dict, spec: dict) -> torch.Tensor:
     """Dense float32 weight (out, in) of one packed linear. `tensors`: the linear's packed tensors by short
     name (trits|signs, high, binary, scale, zero); `spec`: shape, group_size, high_bits, layout, k."""

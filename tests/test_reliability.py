@@ -22,6 +22,7 @@ import eval as ev
 import kernels
 import model as llama
 import squeeze10 as sq
+from tools import cli
 from conftest import ROOT, TINY, random_state, write_gguf, write_hf, write_meta
 
 VOCAB = 261  # the tiny GGUF's byte-level vocabulary
@@ -119,13 +120,15 @@ SLOW_WRITE = """
 import sys, time
 sys.path.insert(0, {root!r})
 import squeeze10 as sq
-real = sq.save_file
-def slow(tensors, filename, metadata=None):   # the file is half written when the signal comes
-    real(tensors, filename, metadata=metadata)
-    print("WRITING", filename, flush=True)
+from tools import cli
+real = cli.save_safetensors
+def slow(tensors, path, metadata):   # the file is written, not yet renamed, when the signal comes
+    real(tensors, path, metadata)
+    (path.parent / ".tmpK3x9Qa").write_bytes(b"x" * 1000)   # as safetensors' own temporary file would be
+    print("WRITING", path, flush=True)
     time.sleep(120)
-sq.save_file = slow
-sys.exit(sq.main(sys.argv[1:]))
+cli.save_safetensors = slow
+sys.exit(cli.run_main(sq.main, sys.argv[1:]))
 """
 
 
@@ -158,7 +161,10 @@ def test_sigkill_leaves_a_named_partial_that_the_next_run_removes(capsys, d, tmp
     proc, partial = start_slow_write(tmp_path, quantize_args(d, out))
     proc.kill()
     proc.wait()
-    assert os.path.basename(partial) == f".q.safetensors.{proc.pid}.partial" and os.path.exists(partial)
+    partial_dir = os.path.dirname(partial)      # everything the writer left, its own temporary files too
+    assert os.path.basename(partial_dir) == f".q.safetensors.{proc.pid}.partial"
+    assert sorted(os.listdir(partial_dir)) == [".tmpK3x9Qa", "q.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [os.path.basename(partial_dir), "slow_write.py"]
     rc, _, err = run_sq(capsys, *quantize_args(d, out))
     assert rc == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.safetensors", "slow_write.py"]
@@ -188,10 +194,10 @@ def test_any_write_error_is_one_line_naming_the_path(capsys, d, tmp_path, monkey
     out = tmp_path / "q.safetensors"
     out.write_bytes(b"old")
 
-    def failing(tensors, filename, metadata=None):
-        open(filename, "wb").write(b"half")
+    def failing(tensors, path, metadata):
+        open(path, "wb").write(b"half")
         raise error
-    monkeypatch.setattr(sq, "save_file", failing)
+    monkeypatch.setattr(cli, "save_safetensors", failing)
     rc, _, err = run_sq(capsys, *quantize_args(d, out))
     assert rc == 2 and one_line_error(err).startswith(f"error: {out}: cannot write: ")
     assert "No space left on device" in err
@@ -337,7 +343,8 @@ def rewritten(src, dst, edit, checksums=True):
     edit(tensors)
     meta = json.loads(metadata["squeeze10"])
     if checksums:
-        meta["checksums"] = sq.checksums(tensors)
+        meta["checksums"] = dict(algorithm=kernels.CHECKSUM,
+                                 tensors={n: kernels.tensor_checksum(t) for n, t in tensors.items()})
     else:
         del meta["checksums"]
     save_file(tensors, str(dst), metadata={"squeeze10": json.dumps(meta)})
@@ -355,10 +362,10 @@ def linear_with_two_row_groups():
     """One packed linear, 8 × 32 with row-groups of 24 and 8 columns: every layout's bytes, valid."""
     g = torch.Generator().manual_seed(3)
     W, X = torch.randn(8, 32, generator=g), torch.randn(256, 32, generator=g)
-    s = sq.Settings(group_size=24, fias="off")
+    s = sq.replace(sq.PRESETS["paper"], group_size=24, fias="off")
     stats = sq.Stats("off")
     stats.add(X, X)
-    return sq.pack_linear(sq.quantize_linears([W], stats, s)[0], s)
+    return sq.pack(sq.quantize_linears([W], stats, s)[0], s)
 
 
 def test_invalid_encodings_are_reported_by_tensor_row_and_row_group():

@@ -20,6 +20,7 @@ import eval as ev
 import kernels
 import model as llama
 import squeeze10 as sq
+from tools import cli, synthetic
 from conftest import ROOT, TINY, random_state, write_gguf
 
 G = 24
@@ -38,6 +39,17 @@ def correlated_inputs(n=512, d=32, seed=0):
     return torch.randn(n, d, generator=g) @ torch.randn(d, d, generator=g) + 0.5 * torch.randn(d, generator=g)
 
 
+def paper(**changes) -> sq.Settings:
+    """The paper's preset (format version 1) with some fields changed."""
+    return sq.replace(sq.PRESETS["paper"], **changes)
+
+
+def grid_gptq(W, U, bits, salient=None, compensate=True):
+    """GPTQ onto a `bits`-bit grid everywhere (salient None), or mixed with μ ± α where salient is False."""
+    salient = torch.ones(W.shape, dtype=torch.bool) if salient is None else salient
+    return sq.gptq(W, U, salient, bits, G, compensate=compensate)
+
+
 def quantizer_output(W, X, s: sq.Settings):
     """quantize_linears on one linear with X as both streams (FIAS has nothing to re-fit)."""
     stats = sq.Stats(s.fias)
@@ -52,7 +64,7 @@ def test_grid_rounding_is_min_max_round_to_nearest():
     """Without compensation, every row-group is rounded to nearest on GPTQ's [min(w,0), max(w,0)] grid."""
     W = torch.randn(6, 32, generator=torch.Generator().manual_seed(1))
     U = torch.eye(32)
-    Q = sq.gptq(W, U, sq.RowGroupQuantizer(W.shape, G, 3), G, compensate=False)
+    Q = grid_gptq(W, U, 3, compensate=False)[0]
     for g0 in (0, 24):
         w = W[:, g0:g0 + G].double()
         lo, hi = w.amin(1, keepdim=True).clamp(max=0), w.amax(1, keepdim=True).clamp(min=0)
@@ -67,8 +79,8 @@ def test_gptq_lowers_the_hessian_weighted_error():
     W = torch.randn(16, 32, generator=torch.Generator().manual_seed(2))
     H = damped(hessian(X))
     U = sq.inverse_cholesky(H)
-    gptq = sq.gptq(W, U, sq.RowGroupQuantizer(W.shape, G, 3), G)
-    rtn = sq.gptq(W, U, sq.RowGroupQuantizer(W.shape, G, 3), G, compensate=False)
+    gptq = grid_gptq(W, U, 3)[0]
+    rtn = grid_gptq(W, U, 3, compensate=False)[0]
 
     def err(Q):  # ‖(W − Q)·Xᵀ‖² in float64
         return ((W - Q).double() @ X.double().T).pow(2).sum().item()
@@ -86,13 +98,13 @@ def test_an_already_quantized_layer_is_a_fixed_point():
     zero = torch.randint(1, 15, (out, 2), generator=g).float()
     W = torch.cat([scale[:, :1] * (codes[:, :24] - zero[:, :1]), scale[:, 1:] * (codes[:, 24:] - zero[:, 1:])], 1)
     U = sq.inverse_cholesky(damped(hessian(correlated_inputs())))
-    q = sq.RowGroupQuantizer(W.shape, G, 4)
-    assert torch.equal(sq.gptq(W, U, q, G), W)
-    assert torch.equal(q.codes.long(), codes) and torch.equal(q.scale, scale) and torch.equal(q.zero, zero)
+    Wq, got_codes, P = grid_gptq(W, U, 4)
+    assert torch.equal(Wq, W)
+    assert torch.equal(got_codes.long(), codes) and torch.equal(P.scale, scale) and torch.equal(P.zero, zero)
     # a binary row-group whose + and − weights balance is a fixed point of stage 3 as well
     Wb = torch.where(torch.arange(32) % 2 == 0, 0.75, 0.25).repeat(out, 1)
     mask = torch.zeros(out, 32, dtype=torch.bool)
-    assert torch.equal(sq.gptq(Wb, U, sq.RowGroupQuantizer(Wb.shape, G, 4, mask), G), Wb)
+    assert torch.equal(grid_gptq(Wb, U, 4, mask)[0], Wb)
 
 
 # -----------------------------------------------------------------------------
@@ -133,15 +145,15 @@ def test_mask_keeps_exactly_k_largest_per_row_group():
 def test_binarized_weights_take_two_values_per_row_group_and_salient_ones_sit_on_the_grid():
     X = correlated_inputs()
     W = torch.randn(16, 32, generator=torch.Generator().manual_seed(6))
-    rec = quantizer_output(W, X, sq.Settings(group_size=G, fias="off"))
-    Wh, mask = rec["weight"], rec["mask"]
+    rec = quantizer_output(W, X, paper(group_size=G, fias="off"))
+    Wh, mask, P = rec.weight, rec.salient, rec.params
     for gi, (g0, width) in enumerate(((0, 24), (24, 8))):
         for i in range(16):
             w, m = Wh[i, g0:g0 + width], mask[i, g0:g0 + width]
             assert len(torch.unique(w[~m])) == 2
-            assert set(torch.unique(w[~m]).tolist()) == {rec["mu"][i, gi].item() + rec["alpha"][i, gi].item(),
-                                                        rec["mu"][i, gi].item() - rec["alpha"][i, gi].item()}
-            code = w[m] / rec["scale"][i, gi] + rec["zero"][i, gi]
+            assert set(torch.unique(w[~m]).tolist()) == {P.mu[i, gi].item() + P.alpha[i, gi].item(),
+                                                        P.mu[i, gi].item() - P.alpha[i, gi].item()}
+            code = w[m] / P.scale[i, gi] + P.zero[i, gi]
             assert torch.allclose(code, code.round(), atol=1e-4) and code.min() > -0.5 and code.max() < 15.5
 
 
@@ -180,8 +192,9 @@ def test_fias_modes_see_the_documented_activations(monkeypatch, fias):
     tokens = torch.randint(0, args.vocab_size, (4, 16), generator=torch.Generator().manual_seed(9))
     seen, real = [], sq.quantize_linears
     monkeypatch.setattr(sq, "quantize_linears", lambda w, stats, s: seen.append(stats) or real(w, stats, s))
-    s = sq.Settings(group_size=G, fias=fias)
-    packed, specs, _ = sq.quantize_model(m, tokens, s, log=lambda msg: None)
+    s = paper(group_size=G, fias=fias)
+    result = sq.quantize(m, tokens, s, log=lambda msg: None)
+    packed, specs = result.packed, result.specs
     assert len(seen) == 2 * len(sq.STEPS)
     freqs = llama.precompute_freqs_cis(args.dim // args.n_heads, 16, args.rope_theta)
     x0 = m.tok_embeddings(tokens)
@@ -209,14 +222,14 @@ def test_fias_modes_see_the_documented_activations(monkeypatch, fias):
 # packing
 
 def test_pack_bits_and_trits_by_hand():
-    assert sq.pack_trits(torch.tensor([[2, 1, 0, 0, 1, 2]])).tolist() == [[2 + 3 + 81, 2]]
-    assert sq.pack_bits(torch.tensor([[1, 0, 3]]), 2).tolist() == [[0b110001]]
+    assert kernels.pack_trits(torch.tensor([[2, 1, 0, 0, 1, 2]])).tolist() == [[2 + 3 + 81, 2]]
+    assert kernels.pack_bits(torch.tensor([[1, 0, 3]]), 2).tolist() == [[0b110001]]
     assert kernels.unpack_trits(torch.tensor([[86, 2]], dtype=torch.uint8), 6).tolist() == [[2, 1, 0, 0, 1, 2]]
     assert kernels.unpack_bits(torch.tensor([[0b110001]], dtype=torch.uint8), 2, 3).tolist() == [[1, 0, 3]]
     codes = torch.randint(0, 256, (3, 11), generator=torch.Generator().manual_seed(10))
     for nbits in (1, 2, 3, 4, 5, 8):
         c = codes % (1 << nbits)
-        assert torch.equal(kernels.unpack_bits(sq.pack_bits(c, nbits), nbits, 11).long(), c)
+        assert torch.equal(kernels.unpack_bits(kernels.pack_bits(c, nbits), nbits, 11).long(), c)
 
 
 @pytest.mark.parametrize("preset", ["squeeze10", "pbllm", "gptq2", "gptq3", "gptq4", "xnor"])
@@ -225,16 +238,16 @@ def test_pack_then_dequantize_reproduces_the_quantizer_bit_for_bit(preset):
     W = torch.randn(16, 32, generator=torch.Generator().manual_seed(11))
     s = sq.replace(sq.PRESETS[preset], group_size=G)
     rec = quantizer_output(W, X, s)
-    tensors, spec = sq.pack_linear(rec, s)
-    assert torch.equal(kernels.dequantize(tensors, spec), rec["weight"])
+    tensors, spec = sq.pack(rec, s)
+    assert torch.equal(kernels.dequantize(tensors, spec), rec.weight)
 
 
 def test_bits_come_from_the_bytes():
     """out 4, in 32 in groups of 24 + 8, salient 0.2 -> k = 5 + 2, 4-bit: per row 5 + 2 trit bytes, 3 + 1 high
     bytes, 2 × 4 bytes of μ, α, 2 × 2 of scale, 2 of zero = 25 bytes = 6.25 bits per weight."""
     W, X = torch.randn(4, 32), correlated_inputs()
-    s = sq.Settings(group_size=G, fias="off")
-    tensors, spec = sq.pack_linear(quantizer_output(W, X, s), s)
+    s = paper(group_size=G, fias="off")
+    tensors, spec = sq.pack(quantizer_output(W, X, s), s)
     bits = sq.linear_bits(tensors, spec)
     assert spec["k"] == [5, 2] and bits["total"] == 6.25 and bits["bytes"] == 100
     assert bits["payload"] == (25 + 7 * 4) / 32 and bits["scales"] == (8 + 4 + 2) * 8 / 32
@@ -252,7 +265,10 @@ def tiny_gguf(tmp_path_factory):
 
 
 def run_main(capsys, *argv):
-    rc = sq.main([str(a) for a in argv])
+    try:
+        rc = sq.main([str(a) for a in argv])
+    except SystemExit as e:                # argparse's own errors: one line, exit 2 (cli.Parser)
+        rc = e.code
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -311,8 +327,11 @@ def test_same_seed_gives_a_byte_identical_file(capsys, tiny_gguf):
     (["--preset", "bogus"], "--preset bogus: unknown; choose one of squeeze10, paper, pbllm"),
     (["--salient", "0"], "--salient 0.0: must be in (0, 1]"),
     (["--salient", "1.5"], "--salient 1.5: must be in (0, 1]"),
-    (["--mid-bits", "1"], "--mid-bits 1: must be 2..16"),
-    (["--mid-bits", "17"], "--mid-bits 17: must be 2..16"),
+    (["--mid-bits", "1"], "--mid-bits 1: must be 2..8, or none"),
+    (["--mid-bits", "16"], "--mid-bits 16: must be 2..8, or none"),
+    (["--mid-bits", "all"], "argument --mid-bits: 'all' is neither an integer nor none"),
+    (["--block-rows", "0"], "--block-rows 0: must be at least 1, or layer"),
+    (["--scales", "fp8", "--preset", "paper"], "--scales fp8: only the columns layout"),
     (["--fias", "sometimes"], "--fias sometimes: must be one of target, input, off"),
     (["--calib", "c4"], "--calib c4: expected"),
 ])
@@ -341,13 +360,13 @@ def test_unwritable_output_gives_one_line_and_no_file(capsys, tiny_gguf, tmp_pat
     assert list(locked.iterdir()) == [] and not (tmp_path / "missing").exists()
 
 
-def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    def broken(tensors, filename, metadata=None):
-        open(filename, "wb").write(b"half")
-        raise OSError("disk full")
-    monkeypatch.setattr(sq, "save_file", broken)
-    with pytest.raises(OSError):
-        sq.write_atomic(tmp_path / "q.safetensors", {}, {})
+def test_a_failed_write_leaves_no_partial_file(tmp_path):
+    def broken(tmp):
+        tmp.write_bytes(b"half")
+        (tmp.parent / ".tmpABCDEF").write_bytes(b"a writer's own temporary file")
+        raise OSError(28, "No space left on device")
+    with pytest.raises(cli.WriteError, match="q.safetensors: cannot write: No space left on device"):
+        cli.write_atomic(tmp_path / "q.safetensors", broken)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -372,27 +391,36 @@ def test_a_corrupt_packed_file_gives_one_line(capsys, tiny_gguf, tmp_path):
     assert rc == 2 and "cut.safetensors: unreadable safetensors file" in err and err.count("\n") == 1
 
 
-def test_synthetic_model_runs_the_pipeline(capsys, monkeypatch, tmp_path):
-    monkeypatch.setitem(sq.SYNTHETIC, "tiny", llama.ModelArgs(**{**TINY, "n_layers": 4}))
-    rc, out, err = run_main(capsys, "--synthetic", "tiny", "--blocks", 1, "--nsamples", 2, "--seqlen", 16,
-                            "--out", tmp_path / "s.safetensors", "--json")
-    totals = json.loads(out.strip().splitlines()[-1])["totals"]
-    assert rc == 0 and "extrapolated to 4 blocks" in err
+def test_synthetic_model_runs_the_pipeline(capsys, monkeypatch):
+    monkeypatch.setitem(synthetic.SHAPES, "tiny", llama.ModelArgs(**{**TINY, "n_layers": 4}))
+    assert synthetic.main(["tiny", "--blocks", "1", "--nsamples", "2", "--seqlen", "16", "--json"]) == 0
+    out, err = capsys.readouterr()
+    totals = json.loads(out.strip().splitlines()[-1])
+    assert "extrapolated to 4 blocks" in err and totals["blocks"] == 1 and totals["model_blocks"] == 4
     assert totals["extrapolated_seconds"] == pytest.approx(4 * totals["quantize_seconds"], rel=0.05, abs=0.2)
     assert math.isfinite(totals["bits_per_linear_weight"]["total"])
+
+
+def test_presets_are_named_differences_from_the_default():
+    """Settings() is the default preset; `--mid-bits none` and `--block-rows layer` say None in words."""
+    assert sq.PRESETS["squeeze10"] == sq.Settings() and sq.layout_of(sq.Settings()) == kernels.COLUMNS
+    assert sq.layout_of(sq.PRESETS["paper"]) == "trits" and sq.PRESETS["paper"].mid_bits == 4
+    given = dict(mid_bits="none", block_rows="layer", salient=None)
+    s = sq.settings_from_args("paper", given)
+    assert s.mid_bits is None and s.block_rows is None and s.salient == 0.2
 
 
 def test_stage3_from_fp_ranks_on_w_mid_but_quantizes_w():
     """--stage3-from fp: stage 1 only decides which weights are salient; stage 3 starts from W itself."""
     X = correlated_inputs()
     W = torch.randn(16, 32, generator=torch.Generator().manual_seed(12))
-    s = sq.Settings(group_size=G, fias="off", stage3_from="fp")
+    s = paper(group_size=G, fias="off", stage3_from="fp")
     rec = quantizer_output(W, X, s)
     stats = sq.Stats("off")
     stats.add(X, X)
     U = sq.inverse_cholesky(damped(stats.hessian()))         # the same H, bit for bit, as quantize_linears
-    W_mid = sq.gptq(W, U, sq.RowGroupQuantizer(W.shape, G, 4), G)
+    W_mid = grid_gptq(W, U, 4)[0]
     mask = sq.salient_mask(sq.pbar_salience(W_mid, U.diag(), X.amax(0) - X.amin(0), s.lam, G), s.salient, G)
-    assert torch.equal(rec["mask"], mask)
-    assert torch.equal(rec["weight"], sq.gptq(W, U, sq.RowGroupQuantizer(W.shape, G, 4, mask), G))
-    assert not torch.equal(rec["weight"], sq.gptq(W_mid, U, sq.RowGroupQuantizer(W.shape, G, 4, mask), G))
+    assert torch.equal(rec.salient, mask)
+    assert torch.equal(rec.weight, grid_gptq(W, U, 4, mask)[0])
+    assert not torch.equal(rec.weight, grid_gptq(W_mid, U, 4, mask)[0])

@@ -8,6 +8,7 @@ output path was checked before any work (`check_writable`), and what killed runs
 import argparse
 import contextlib
 import glob
+import json
 import os
 import resource
 import shutil
@@ -15,6 +16,8 @@ import signal
 import stat
 import sys
 import threading
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -101,8 +104,8 @@ class WriteError(OSError):
     """Writing the output failed (full disk, I/O error, ...): a one-line message naming the path."""
 
 
-class OutputError(ValueError):
-    """--out cannot be written (a directory, a device, one of the inputs, ...): a one-line message."""
+class UsageError(ValueError):
+    """A flag or --out that cannot work (an unknown device, a directory, one of the inputs, ...): one line."""
 
 
 def partial_name(path: Path, pid: int | None = None) -> Path:
@@ -189,7 +192,7 @@ def input_files(*paths) -> list[Path]:
 
 
 def check_writable(path: Path, inputs=()) -> Path:
-    """Fail before hours of work, not after (OutputError): the output must be a regular file or a new name in
+    """Fail before hours of work, not after (UsageError): the output must be a regular file or a new name in
     a directory that accepts files, and not one of the `inputs` (the same inode, or the same path once
     resolved). A symlink is followed: its target is written. Removes what killed runs left there. Returns the
     path to write."""
@@ -200,12 +203,12 @@ def check_writable(path: Path, inputs=()) -> Path:
     except FileNotFoundError:
         st = None
     except OSError as e:
-        raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
+        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None
     if st is not None and stat.S_ISDIR(st.st_mode):
-        raise OutputError(f"{path}: is a directory; --out needs a file name")
+        raise UsageError(f"{path}: is a directory; --out needs a file name")
     for test, kind in FILE_KINDS:
         if st is not None and test(st.st_mode):
-            raise OutputError(f"{target}: is {kind}{via}; --out must be a regular file or a new file name")
+            raise UsageError(f"{target}: is {kind}{via}; --out must be a regular file or a new file name")
     for inp in inputs:
         same = os.path.realpath(inp) == os.path.realpath(target)
         if st is not None and not same:
@@ -214,15 +217,206 @@ def check_writable(path: Path, inputs=()) -> Path:
             except OSError:
                 pass
         if same:
-            raise OutputError(f"{path}: is the input {inp}; writing there would destroy it")
+            raise UsageError(f"{path}: is the input {inp}; writing there would destroy it")
     parent = target.parent
     if not parent.is_dir():
-        raise OutputError(f"{path}: cannot write: directory {parent} does not exist")
+        raise UsageError(f"{path}: cannot write: directory {parent} does not exist")
     remove_stale_partials(target)
     probe = partial_name(target)
     try:
         probe.mkdir()
         probe.rmdir()
     except OSError as e:
-        raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
+        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None
     return target
+
+
+def int_or(word: str):
+    """An argparse type: an integer, or `word` (e.g. `--mid-bits none`)."""
+    def parse(text: str):
+        if text == word:
+            return word
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor {word}") from None
+    return parse
+
+
+# -----------------------------------------------------------------------------
+# squeeze10.py's command line: flags, every input checked before any work, the atomic write, the report
+
+def quantize_parser(sq) -> Parser:
+    """The flags of `python squeeze10.py`: the run's, then one per field of sq.Settings (None: the preset's)."""
+    p = Parser(description=sq.__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default=None, help="checkpoint directory, .gguf, or name (default: embedded SmolLM2)")
+    p.add_argument("--preset", default="squeeze10", help=f"one of {', '.join(sq.PRESETS)} (default squeeze10)")
+    p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default: by model size)")
+    p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window")
+    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    p.add_argument("--calib", nargs="+", default=["embedded"], metavar="SOURCE",
+                   help="embedded (default: the embedded c4.utf8) | c4 PATH | wikitext2 PATH | text PATH")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.model or .gguf (default: the checkpoint's own)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=None, help="packed file (default out/NAME.PRESET.safetensors)")
+    p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with the report")
+    s = p.add_argument_group("settings (each overrides the preset's field)")
+    s.add_argument("--salient", type=float, help="fraction kept at --high-bits, in (0, 1]")
+    s.add_argument("--high-bits", type=int, help="salient weights' bits, 2..8")
+    s.add_argument("--mid-bits", type=int_or("none"), help="stage 1 bits, 2..8, or none (no stage 1)")
+    s.add_argument("--lam", type=float, help="PBAR's λ on the normalised terms")
+    s.add_argument("--no-pbar", dest="pbar", action="store_false", default=None, help="Hessian-only salience")
+    s.add_argument("--fias", help="target | input | off")
+    s.add_argument("--stage3-from", help="mid (stage 3 re-quantizes W_mid) | fp (stage 1 only ranks)")
+    s.add_argument("--structure", help="columns (version 2) | groups (version 1: k salient per row-group)")
+    s.add_argument("--block-rows", type=int_or("layer"),
+                   help="columns: rows sharing one set of salient columns, or layer (one set per layer)")
+    s.add_argument("--scales", help="fp8 | fp16 (fp8: columns only)")
+    s.add_argument("--column-scale", action=argparse.BooleanOptionalAction, default=None,
+                   help="columns: binary weights μ ± α·c_j, one c per input column (ARB-LLM's RC)")
+    return p
+
+
+def check_positive(a, flags: dict):
+    """Each flag (name -> least value) that was given must be at least its least value."""
+    for flag, least in flags.items():
+        value = getattr(a, flag)
+        if value is not None and value < least:
+            raise UsageError(f"--{flag} {value}: must be at least {least}")
+
+
+class Job:
+    """One quantization run, prepared: everything that can fail on bad input fails in `prepare`, before any
+    quantization — the flags, the model, the tokenizer and calibration text, the output path."""
+
+    def __init__(self, sq, a):
+        import data
+        import model
+        self.settings = sq.settings_from_args(a.preset, {f: getattr(a, f) for f in sq.Settings.__dataclass_fields__
+                                                         if hasattr(a, f)})
+        for problem in (check_device(a.device), check_seed(a.seed)):
+            if problem:
+                raise UsageError(problem)
+        check_positive(a, {"nsamples": 1, "seqlen": 2})
+        source, *rest = a.calib
+        if (source == "embedded") != (not rest) or len(rest) > 1:
+            raise UsageError(f"--calib {' '.join(a.calib)}: expected 'embedded' or 'c4|wikitext2|text PATH'")
+        ckpt = model.resolve_checkpoint(a.ckpt)
+        if model.checkpoint_format(ckpt) == "squeeze10":
+            raise UsageError(f"{ckpt}: already a packed squeeze10 file; quantize the full-precision checkpoint")
+        self.name = (ckpt.name if ckpt.is_dir() else ckpt.name.split(".")[0]) or "model"
+        out = Path(a.out) if a.out else Path("out") / f"{self.name}.{a.preset}.safetensors"
+        if not a.out:
+            out.parent.mkdir(exist_ok=True)
+        self.out = check_writable(out, input_files(ckpt, a.tokenizer, rest[0] if rest else None))
+        # bf16 keeps a 7B model in 13 GB; each block is quantized in fp32 on the device
+        self.net = model.load_checkpoint(ckpt, dtype=torch.float32 if ckpt.suffix == ".gguf" else torch.bfloat16)
+        cal = sq.default_calibration(self.net.args)
+        cal = sq.Calibration(a.nsamples or cal.nsamples, a.seqlen or cal.seqlen, a.seed)
+        if cal.seqlen > self.net.args.max_seq_len:   # positions the model never saw: its activations mean nothing
+            raise UsageError(f"--seqlen {cal.seqlen}: longer than the model's context of "
+                              f"{self.net.args.max_seq_len} tokens (its config's context length)")
+        tokenizer_ref = str(Path(a.tokenizer or ckpt).resolve()) if a.tokenizer or a.ckpt else "embedded"
+        tokenizer = data.load_tokenizer(ckpt if tokenizer_ref == "embedded" else tokenizer_ref)
+        self.tokens = data.calibration_set(tokenizer, source, rest[0] if rest else None, cal.nsamples, cal.seqlen,
+                                           cal.seed)
+        if self.tokens.max() >= self.net.args.vocab_size:
+            raise UsageError(f"{tokenizer_ref}: the tokenizer produces id {int(self.tokens.max())}, but the model "
+                              f"has {self.net.args.vocab_size} tokens")
+        self.info = dict(preset=a.preset, settings=asdict(self.settings), calibration=asdict(cal),
+                         calib_source=" ".join(map(str, a.calib)),
+                         source="embedded" if a.ckpt is None else str(ckpt.resolve()), tokenizer=tokenizer_ref)
+
+
+def log(msg: str):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def quantize_command(sq, argv=None) -> int:
+    """`python squeeze10.py`: prepare a Job (exit 2 on any bad input), sq.quantize, write the packed file
+    atomically (sq.packed_file), print the bits report; with --json a last line holding the whole report."""
+    import data
+    import model
+    a = quantize_parser(sq).parse_args(argv)
+    t_start = time.time()
+    try:
+        job = Job(sq, a)
+    except (sq.SettingsError, UsageError, model.CheckpointError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    s, net, tokens, out, info = job.settings, job.net, job.tokens, job.out, job.info
+    log(f"{job.name}: {model.num_params(net) / 1e6:.1f}M parameters, {net.args.n_layers} blocks; "
+        f"preset {a.preset}: " + ", ".join(f"{k}={v}" for k, v in asdict(s).items()))
+    log(f"calibration: {tokens.shape[0]} x {tokens.shape[1]} tokens from {info['calib_source']}, seed {a.seed}; "
+        f"device {a.device}; writing {out}")
+    t_quant = time.time()
+    try:
+        result = sq.quantize(net, tokens, s, a.device, log)
+    except sq.QuantizationError as e:
+        print(f"error: {e}; no file written", file=sys.stderr)
+        return 2
+    quant_seconds = time.time() - t_quant
+    info["report"] = [{k: v for k, v in r.items() if k != "seconds"} for r in result.report]  # no timings: same bytes
+    retries = list(result.damping_retries)
+    if retries:
+        info["damping_retries"] = retries
+    for r in retries:
+        log(f"{r['layer']} ({r['linears']}): a Hessian ({r['size']} inputs) needed {r['factor']}x the damping "
+            "to factorise")
+    try:
+        tensors, metadata = sq.packed_file(net, result.packed, result.specs, info)
+        write_atomic(out, lambda tmp: save_safetensors(tensors, tmp, metadata))
+    except WriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except sq.SettingsError as e:
+        print(f"error: {out}: {e}", file=sys.stderr)
+        return 2
+    totals = summarize(result.report, out.stat().st_size, model.num_params(net))
+    totals.update(quantize_seconds=round(quant_seconds, 1), wall_seconds=round(time.time() - t_start, 1),
+                  peak_rss_mb=round(peak_rss_mb()))
+    if a.device.startswith("cuda"):
+        totals["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    print_report(result.report, totals, retries)
+    print(f"wrote {out} in {totals['wall_seconds']:.1f} s (quantization {quant_seconds:.1f} s), "
+          f"peak RSS {totals['peak_rss_mb'] / 1024:.2f} GiB")
+    if a.json:
+        print(json.dumps(dict(out=str(out), preset=a.preset, settings=asdict(s), calibration=info["calibration"],
+                              totals=totals, layers=result.report, damping_retries=retries)))
+    return 0
+
+
+def save_safetensors(tensors: dict, path: Path, metadata: dict):
+    from safetensors.torch import save_file
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def summarize(report: list, file_bytes: int, n_params: int) -> dict:
+    """Whole-model totals: bits per linear weight (weighted by size) and the file against its 16-bit size."""
+    weights = [r["shape"][0] * r["shape"][1] for r in report]
+    total_w = sum(weights)
+    mean = {k: sum(w * r["bits"][k] for w, r in zip(weights, report)) / total_w
+            for k in ("payload", "index", "scales")}
+    mean["total"] = 8 * sum(r["bytes"] for r in report) / total_w           # exact: from the bytes
+    return dict(linear_weights=total_w, bits_per_linear_weight={k: round(v, 4) for k, v in mean.items()},
+                file_bytes=file_bytes, fp16_bytes=2 * n_params, compression=round(2 * n_params / file_bytes, 3),
+                rel_error_mean=round(sum(r["rel_error"] for r in report) / len(report), 5))
+
+
+def print_report(report: list, totals: dict, retries: list):
+    out = sys.stdout
+    print(f"{'linear':32s} {'shape':>11s} {'salient':>7s} {'payload':>7s} {'index':>6s} {'scales':>6s} "
+          f"{'total':>6s} {'rel err':>8s} {'s':>6s}", file=out)
+    for r in report:
+        b = r["bits"]
+        print(f"{r['name']:32s} {r['shape'][0]:>5d}x{r['shape'][1]:<5d} {r['salient']:7.3f} {b['payload']:7.3f} "
+              f"{b['index']:6.3f} {b['scales']:6.3f} {b['total']:6.3f} {r['rel_error']:8.4f} {r['seconds']:6.2f}"
+              f" ({r['group']})", file=out)
+    b = totals["bits_per_linear_weight"]
+    print(f"bits per linear weight: payload {b['payload']:.3f} + index {b['index']:.3f} + scales "
+          f"{b['scales']:.3f} = {b['total']:.3f} (from the packed bytes)", file=out)
+    print(f"file {totals['file_bytes'] / 2**20:.1f} MiB against {totals['fp16_bytes'] / 2**20:.1f} MiB at 16 bits "
+          f"({totals['compression']:.2f}x smaller)", file=out)
+    for r in retries:
+        print(f"damping: {r['layer']}, a {r['size']}-input Hessian factorised only with {r['factor']}x DAMP "
+              f"({r['added']:.3g} added to its diagonal)", file=out)
