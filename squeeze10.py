@@ -59,13 +59,10 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
-import data
 import kernels
 import model
 
