@@ -305,10 +305,9 @@ def eval_text(args) -> tuple[str, str]:
     if args.text:
         return data.read_text_file(args.text), args.text
     kind, *rest = args.data
-    if kind == "embedded" and not rest:
-        return data.embedded_text("wiki"), "embedded wiki.utf8"
-    if kind == "technical" and not rest:
-        return data.embedded_text("technical"), "embedded technical.utf8"
+    if kind in ("embedded", "technical") and not rest:  # the embedded Wikipedia, or the held-out technical text
+        name = "wiki" if kind == "embedded" else "technical"
+        return data.embedded_text(name), f"embedded {name}.utf8"
     if kind in ("wikitext2", "c4") and len(rest) == 1:
         read = data.wikitext2_text if kind == "wikitext2" else data.c4_eval_text
         return read(rest[0]), f"{kind} {rest[0]}"
