@@ -1,20 +1,24 @@
-"""eval.py --reproduce: the cache keys, a failing row, RESULTS.md and the figures drawn from the rows' JSON.
+"""tools/reproduce.py: the cache keys, a failing row, RESULTS.md and the figures drawn from the rows' JSON.
 
-Rows are made by a stand-in for eval.make_row (a real row quantizes the 135M model: minutes), so these tests
-check the bookkeeping around the rows in seconds; the scoring itself is eval.py's, tested in test_eval.py.
+Rows are made by a stand-in for reproduce.make_row (a real row quantizes the 135M model: minutes), so these
+tests check the bookkeeping around the rows in seconds; the scoring itself is eval.py's, tested in test_eval.py.
 """
+import hashlib
 import json
 import shutil
+import signal
+import subprocess
 import sys
 from dataclasses import asdict, replace
 
 import pytest
 
-import eval as ev
 from conftest import ROOT
+from tools import cli
+from tools import reproduce as rp
 
-P = ev.Protocol(wiki_windows=2, heldout_windows=1, zeroshot_limit=5)
-ROW = {r.name: r for r in ev.ROWS}
+P = rp.Protocol(wiki_windows=2, heldout_windows=1, zeroshot_limit=5)
+ROW = {r.name: r for r in rp.ROWS}
 
 
 def fake_make(fail=()):
@@ -26,13 +30,13 @@ def fake_make(fail=()):
         calls.append(row.name)
         if row.name in fail:
             raise RuntimeError(f"{row.name} went wrong\nsecond line")
-        i = [r.name for r in ev.ROWS].index(row.name)
+        i = [r.name for r in rp.ROWS].index(row.name)
         fp = row.flags is None
         bits = {"total": 16.0} if fp else {"payload": 1 + i / 8, "index": 0.05 * i, "scales": 0.25,
                                            "total": round(1.3 + i / 8 + 0.05 * i, 4)}
-        zs = {"tasks": {t: {"acc": 0.3 + 0.01 * i + 0.001 * j, "n": 5} for j, t in enumerate(ev.PAPER_TASKS)},
+        zs = {"tasks": {t: {"acc": 0.3 + 0.01 * i + 0.001 * j, "n": 5} for j, t in enumerate(rp.PAPER_TASKS)},
               "average": 0.3 + 0.01 * i} if row.zeroshot else None
-        return ev.Record(name=row.name, key=key, command="cmd", ckpt="x", bits=bits, linear_weights=1000,
+        return rp.Record(name=row.name, key=key, command="cmd", ckpt="x", bits=bits, linear_weights=1000,
                          file_bytes=10, ppl_wiki=19.0 if fp else 20.0 + 37.5 * i, ppl_heldout=15.0 + 3 * i,
                          zeroshot=zs, rel_error_mean=None, bits_by_linear=None,
                          seconds={"quantize": 0.0, "wiki": 1.0, "heldout": 1.0, "total": 2.0},
@@ -42,30 +46,34 @@ def fake_make(fail=()):
 
 
 def run(tmp_path, names, make):
-    return ev.reproduce(names, P, results=tmp_path / "results", out_dir=tmp_path / "rows",
+    return rp.reproduce(names, P, results=tmp_path / "results", out_dir=tmp_path / "rows",
                         llamacpp=tmp_path / "llamacpp", make=make)
 
 
 def test_the_cache_key_changes_with_what_a_row_depends_on_and_not_otherwise(tmp_path):
-    for name in ev.QUANT_SOURCES + ev.EVAL_SOURCES:
+    for name in rp.QUANT_SOURCES + rp.EVAL_SOURCES:
         shutil.copy(ROOT / name, tmp_path / name)
-    env = ev.environment()
+    (tmp_path / "tools").mkdir()
+    shutil.copy(ROOT / "tools" / "reproduce.py", tmp_path / "tools" / "reproduce.py")
+    env = rp.environment()
 
     def keys(row=ROW["gptq3"], protocol=P):
-        h = ev.source_hashes(tmp_path)
-        quant = ev.quant_key(row, protocol, h, env) if row.flags is not None else None
-        return quant, ev.row_key(row, protocol, h, env)
+        h = rp.source_hashes(tmp_path)
+        quant = rp.quant_key(row, protocol, h, env) if row.flags is not None else None
+        return quant, rp.row_key(row, protocol, h, env)
 
+    assert rp.source_hashes(tmp_path) == {n: hashlib.sha256((tmp_path / n).read_bytes()).hexdigest()
+                                          for n in {"squeeze10.py", "model.py", "kernels.py", "data.py", "eval.py"}}
     quant, score = keys()
     assert keys() == (quant, score)                                       # deterministic
     fp_score = keys(ROW["fp"])[1]
 
-    with open(tmp_path / "eval.py", "a") as f:                            # the reproduce section: nothing changes
+    with open(tmp_path / "tools" / "reproduce.py", "a") as f:             # the driver (rows, tables): nothing
         f.write("\n# a new row or table\n")
     assert keys() == (quant, score) and keys(ROW["fp"])[1] == fp_score
 
-    text = (tmp_path / "eval.py").read_text()                             # the scoring code: re-score, same file
-    (tmp_path / "eval.py").write_text(text.replace("def perplexity(", "def perplexity(  ", 1))
+    with open(tmp_path / "eval.py", "a") as f:                            # the scoring code, anywhere in the file,
+        f.write("\n# a comment\n")                                       # a comment too: re-score, same file
     q2, s2 = keys()
     fp2 = keys(ROW["fp"])[1]
     assert q2 == quant and s2 != score and fp2 != fp_score
@@ -85,17 +93,22 @@ def test_the_cache_key_changes_with_what_a_row_depends_on_and_not_otherwise(tmp_
     assert keys(replace(ROW["gptq3"], shows="reworded"), P) == (q3, s3)  # words are not inputs
     assert keys(replace(ROW["gptq3"], flags=" --preset  gptq3 ")) == (q3, s3)  # nor spaces
 
+    with open(tmp_path / "kernels.py", "a") as f:                         # both sides read kernels.py: both
+        f.write("\n# changed at the very end\n")
+    q4, s4 = keys()
+    assert q4 != q3 and s4 != s3 and keys(ROW["fp"])[1] != fp2
+
 
 def test_a_gguf_rows_key_is_its_files_bytes(tmp_path):
-    (tmp_path / f"{ev.LLAMACPP_STEM}.Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(100))
+    (tmp_path / f"{rp.LLAMACPP_STEM}.Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(100))
     (tmp_path / "other.gguf").write_bytes(b"GGUF")
-    rows = ev.llamacpp_rows(tmp_path)
+    rows = rp.llamacpp_rows(tmp_path)
     assert [r.name for r in rows] == ["llamacpp-Q4_K_M"] and rows[0].table == "llamacpp"
-    h, env = ev.source_hashes(), ev.environment()
-    key = ev.row_key(rows[0], P, h, env)
-    assert ev.row_key(rows[0], P, h, env) == key
-    (tmp_path / f"{ev.LLAMACPP_STEM}.Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(99) + b"\1")
-    assert ev.row_key(rows[0], P, h, env) != key
+    h, env = rp.source_hashes(), rp.environment()
+    key = rp.row_key(rows[0], P, h, env)
+    assert rp.row_key(rows[0], P, h, env) == key
+    (tmp_path / f"{rp.LLAMACPP_STEM}.Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(99) + b"\1")
+    assert rp.row_key(rows[0], P, h, env) != key
 
 
 def test_a_failed_row_does_not_stop_the_others_and_is_reported(tmp_path, capsys):
@@ -116,11 +129,26 @@ def test_a_failed_row_does_not_stop_the_others_and_is_reported(tmp_path, capsys)
     assert run(tmp_path, ["fp", "gptq2", "gptq3"], make) == 0 and make.calls == []
 
 
-def test_an_interrupt_stops_the_run(tmp_path):
-    def make(*args):
-        raise ev.llama.Interrupted(2)
-    with pytest.raises(ev.llama.Interrupted):
-        run(tmp_path, ["fp"], make)
+def test_an_interrupt_stops_the_run_and_keeps_the_rows_made(tmp_path):
+    made = fake_make()
+
+    def make(row, *args):
+        if row.name == "gptq3":
+            raise cli.Interrupted(signal.SIGINT)
+        return made(row, *args)
+    with pytest.raises(cli.Interrupted):
+        run(tmp_path, ["fp", "gptq3", "gptq4"], make)
+    assert made.calls == ["fp"] and [f.name for f in (tmp_path / "results").iterdir()] == ["fp.json"]
+    assert rp.read_record(tmp_path / "results" / "fp.json").name == "fp"
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_is_one_line_and_its_exit_code(monkeypatch, capsys, sig, code):
+    def interrupted(names, protocol):
+        raise cli.Interrupted(sig)
+    monkeypatch.setattr(rp, "reproduce", interrupted)
+    assert rp.main(["fp", "--device", "cpu"]) == code
+    assert capsys.readouterr().err == f"error: interrupted by {signal.Signals(sig).name}\n"
 
 
 def table_cells(md: str, name: str) -> list[list[str]]:
@@ -134,16 +162,16 @@ def test_results_md_and_the_figures_are_drawn_from_the_rows_json(tmp_path, monke
     drawn = []
     save = figure.Figure.savefig
     monkeypatch.setattr(figure.Figure, "savefig", lambda self, *a, **k: (drawn.append(self), save(self, *a, **k)))
-    names = ["fp", "squeeze10", "paper", "gptq3", "refit"]
+    names = ["fp", "squeeze10", "paper", "gptq3", "no-pbar"]
     assert run(tmp_path, names, fake_make()) == 0
     results = tmp_path / "results"
     record = {n: json.loads((results / f"{n}.json").read_text()) for n in names}
     record["gptq3"]["ppl_wiki"] = 123.4567                                # edited by hand, key kept: it shows
     (results / "gptq3.json").write_text(json.dumps(record["gptq3"]))
     drawn.clear()
-    rows = ev.ROWS
-    keys = {r.name: ev.row_key(r, P, ev.source_hashes(), ev.environment()) for r in rows}
-    assert ev.write_results(rows, keys, results) == ""
+    rows = rp.ROWS
+    keys = {r.name: rp.row_key(r, P, rp.source_hashes(), rp.environment()) for r in rows}
+    assert rp.write_results(rows, keys, results) == ""
 
     md = (results / "RESULTS.md").read_text()
     fp = record["fp"]
@@ -151,14 +179,14 @@ def test_results_md_and_the_figures_are_drawn_from_the_rows_json(tmp_path, monke
         (cells,) = [c for c in table_cells(md, n) if len(c) == 8]
         r = record[n]
         assert cells[3].split()[0] == f"{r['bits']['total']:.3f}"
-        assert cells[4] == ev.fmt_ppl(r["ppl_wiki"]) and cells[6] == ev.fmt_ppl(r["ppl_heldout"])
+        assert cells[4] == rp.fmt_ppl(r["ppl_wiki"]) and cells[6] == rp.fmt_ppl(r["ppl_heldout"])
         assert cells[5] == f"{r['ppl_wiki'] / fp['ppl_wiki']:.2f}×"
     assert "123.46" in md and table_cells(md, "gptq4")[0][3].startswith("not made")
     for n in [r.name for r in rows if r.zeroshot and r.name in names]:  # the zero-shot rows
-        (cells,) = [c for c in table_cells(md, n) if len(c) == 3 + len(ev.PAPER_TASKS)]
+        (cells,) = [c for c in table_cells(md, n) if len(c) == 3 + len(rp.PAPER_TASKS)]
         assert cells[-1] == f"**{100 * record[n]['zeroshot']['average']:.2f}**"
 
-    pts, fp_point = ev.points(rows, ev.read_records(rows, keys, results))
+    pts, fp_point = rp.points(rows, rp.read_records(rows, keys, results))
     assert {(p.name, p.bits, p.ppl_wiki, p.ppl_heldout, p.zeroshot) for p in pts} == {
         (n, r["bits"]["total"], r["ppl_wiki"], r["ppl_heldout"], r["zeroshot"] and r["zeroshot"]["average"])
         for n, r in record.items() if n != "fp"}
@@ -185,7 +213,7 @@ def test_a_json_made_under_another_key_is_not_shown(tmp_path):
     make = fake_make()
     assert run(tmp_path, ["fp"], make) == 0 and make.calls == []
     md = (results / "RESULTS.md").read_text()
-    assert table_cells(md, "gptq3")[0][3] == "not made: `python eval.py --reproduce gptq3`"
+    assert table_cells(md, "gptq3")[0][3] == "not made: `python tools/reproduce.py gptq3`"
 
 
 def test_without_matplotlib_the_tables_are_still_written(tmp_path, monkeypatch, capsys):
@@ -196,27 +224,35 @@ def test_without_matplotlib_the_tables_are_still_written(tmp_path, monkeypatch, 
     assert run(tmp_path, ["fp", "gptq3"], fake_make()) == 0
     md = (results / "RESULTS.md").read_text()
     assert "the figures need matplotlib" in md and "frontier.png" not in md
-    assert table_cells(md, "gptq3")[0][4] == ev.fmt_ppl(json.loads((results / "gptq3.json").read_text())["ppl_wiki"])
+    assert table_cells(md, "gptq3")[0][4] == rp.fmt_ppl(json.loads((results / "gptq3.json").read_text())["ppl_wiki"])
     assert not (results / "frontier.png").exists()                        # no stale figure beside new tables
     assert "the figures need matplotlib" in capsys.readouterr().err
 
 
 def test_rows_are_chosen_by_name_or_table():
-    default = ev.select_rows([], ev.ROWS)
+    default = rp.select_rows([], rp.ROWS)
     assert "gptq3" in [r.name for r in default] and all(r.table != "paper-ablations" for r in default)
-    assert {r.table for r in ev.select_rows(["uniform"], ev.ROWS)} == {"uniform"}
-    assert len(ev.select_rows(["all"], ev.ROWS)) == len(ev.ROWS)
-    assert [r.name for r in ev.select_rows(["gptq3", "uniform"], ev.ROWS)][0] == "gptq3"
-    assert len({r.name for r in ev.ROWS}) == len(ev.ROWS) and {r.table for r in ev.ROWS} <= set(ev.TABLES)
+    assert {r.table for r in rp.select_rows(["uniform"], rp.ROWS)} == {"uniform"}
+    assert len(rp.select_rows(["all"], rp.ROWS)) == len(rp.ROWS)
+    assert [r.name for r in rp.select_rows(["gptq3", "uniform"], rp.ROWS)][0] == "gptq3"
+    assert len({r.name for r in rp.ROWS}) == len(rp.ROWS) and {r.table for r in rp.ROWS} <= set(rp.TABLES)
 
 
-def test_bad_reproduce_flags_give_one_line(capsys):
-    assert ev.main(["--reproduce", "no-such-row"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --reproduce no-such-row: no such row or table") and err.count("\n") == 1
-    with pytest.raises(SystemExit) as e:
-        ev.main(["--reproduce", "--windows", "3"])
-    assert e.value.code == 2 and "only --device" in capsys.readouterr().err
+def test_bad_flags_give_one_line(capsys):
+    for argv, message in ((["fp", "no-such-row"], "error: no-such-row: no such row or table; rows: fp, squeeze10"),
+                          (["--device", "gpu"], "error: --device gpu: not a device torch knows"),
+                          (["--windows", "3"], "error: unrecognized arguments: --windows")):
+        with pytest.raises(SystemExit) as e:
+            rp.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(message) and err.count("\n") == 1
+
+
+def test_it_runs_as_a_script_from_anywhere(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "reproduce.py"), "no-such-row"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no-such-row: no such row or table")
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "results").exists()
 
 
 def test_a_quantized_file_is_reused_while_its_key_holds(tmp_path, monkeypatch):
@@ -228,30 +264,30 @@ def test_a_quantized_file_is_reused_while_its_key_holds(tmp_path, monkeypatch):
             f.write(b"packed bytes")
         runs.append(cmd)
         return {"totals": {"n": len(runs)}}
-    monkeypatch.setattr(ev, "run_quantizer", quantizer)
+    monkeypatch.setattr(rp, "run_quantizer", quantizer)
     row = ROW["gptq3"]
-    path, report, _ = ev.quantized(row, "key1", P, tmp_path)
+    path, report, _ = rp.quantized(row, "key1", P, tmp_path)
     assert runs[0][1:] == [str(ROOT / "squeeze10.py"), "--preset", "gptq3", "--device", "cpu", "--out", str(path),
                            "--json"]
-    assert ev.quantized(row, "key1", P, tmp_path)[1] == report and len(runs) == 1
+    assert rp.quantized(row, "key1", P, tmp_path)[1] == report and len(runs) == 1
     path.write_bytes(b"changed by hand")                                  # not the file the key was made for
-    assert ev.quantized(row, "key1", P, tmp_path)[1] == {"totals": {"n": 2}}
-    assert ev.quantized(row, "key2", P, tmp_path)[1] == {"totals": {"n": 3}}
+    assert rp.quantized(row, "key1", P, tmp_path)[1] == {"totals": {"n": 2}}
+    assert rp.quantized(row, "key2", P, tmp_path)[1] == {"totals": {"n": 3}}
 
 
 def test_the_quantizer_runs_as_its_own_process(capsys):
     ok = [sys.executable, "-c", "import sys; print('block 1/1', file=sys.stderr); print('report'); print('{\"a\": 1}')"]
-    assert ev.run_quantizer(ok) == {"a": 1}
+    assert rp.run_quantizer(ok) == {"a": 1}
     assert "    block 1/1" in capsys.readouterr().err
     bad = [sys.executable, "-c", "import sys; print('error: --out x: bad', file=sys.stderr); sys.exit(2)"]
-    with pytest.raises(ev.RowError, match=r"^squeeze10.py exited with code 2: error: --out x: bad$"):
-        ev.run_quantizer(bad)
+    with pytest.raises(rp.RowError, match=r"^squeeze10.py exited with code 2: error: --out x: bad$"):
+        rp.run_quantizer(bad)
 
 
 def test_bits_by_linear_sums_the_report_per_kind_of_linear():
     layers = [{"name": f"layers.{i}.attention.wq", "shape": [4, 8], "bytes": 10 + i,
                "bits": {"payload": 1.0 + i, "index": 0.5, "scales": 0.25}} for i in range(2)]
-    b = ev.bits_by_linear(layers)["wq"]
+    b = rp.bits_by_linear(layers)["wq"]
     assert b["total"] == 8 * 21 / 64 and b["payload"] == 1.5 and b["index"] == 0.5 and b["shape"] == [4, 8]
 
 
@@ -272,31 +308,24 @@ def test_a_rows_record_takes_its_bits_from_the_file(tmp_path, monkeypatch):
     def quantizer(cmd):
         (tmp_path / "gptq3.safetensors").write_bytes(b"x")
         return report
-    monkeypatch.setattr(ev, "run_quantizer", quantizer)
-    rec = ev.make_row(replace(ROW["gptq3"], zeroshot=True), "k", "q", P, StubScorer(), tmp_path)
+    monkeypatch.setattr(rp, "run_quantizer", quantizer)
+    rec = rp.make_row(replace(ROW["gptq3"], zeroshot=True), "k", "q", P, StubScorer(), tmp_path)
     assert rec.bits == report["totals"]["bits_per_linear_weight"] and rec.linear_weights == 64
     assert rec.file_bytes == 999 and rec.rel_error_mean == 0.25 and (rec.ppl_wiki, rec.ppl_heldout) == (21.5, 17.25)
     assert rec.bits_by_linear == {"wq": {"shape": [4, 8], "total": 3.0, "payload": 1.5, "index": 0.5, "scales": 1.0}}
     assert rec.zeroshot == {"average": 0.4} and rec.protocol == asdict(P)
 
     scorer = StubScorer()
-    rec = ev.make_row(ROW["fp"], "k", None, P, scorer, tmp_path)
-    assert rec.bits == {"total": 16.0} and rec.ckpt == "embedded" and scorer.ckpt == ev.llama.resolve_checkpoint(None)
+    rec = rp.make_row(ROW["fp"], "k", None, P, scorer, tmp_path)
+    assert rec.bits == {"total": 16.0} and rec.ckpt == "embedded" and scorer.ckpt == rp.model.resolve_checkpoint(None)
 
-    gguf = tmp_path / f"{ev.LLAMACPP_STEM}.Q2_K.gguf"
+    gguf = tmp_path / f"{rp.LLAMACPP_STEM}.Q2_K.gguf"
     gguf.write_bytes(b"GGUF" + bytes(60))
     counted = {"total": 3.3125, "bytes": 40, "linear_weights": 96, "types": {"Q2_K": 5, "Q4_K": 2}}
-    monkeypatch.setattr(ev.llama, "gguf_linear_bits", lambda path: counted, raising=False)
-    (row,) = ev.llamacpp_rows(tmp_path)
-    rec = ev.make_row(row, "k", None, P, StubScorer(), tmp_path)
+    monkeypatch.setattr(rp.model, "gguf_linear_bits", lambda path: counted)
+    (row,) = rp.llamacpp_rows(tmp_path)
+    rec = rp.make_row(row, "k", None, P, StubScorer(), tmp_path)
     assert rec.bits == {"total": 3.3125, "types": {"Q2_K": 5, "Q4_K": 2}} and rec.linear_weights == 96
     assert rec.file_bytes == 64 and rec.zeroshot is None
-    (cells,) = [c for c in table_cells(ev.render_results([row], {row.name: rec}, [], "", {}), row.name) if len(c) == 8]
+    (cells,) = [c for c in table_cells(rp.render_results([row], {row.name: rec}, [], "", {}), row.name) if len(c) == 8]
     assert cells[2:5] == ["llama.cpp's Q2_K (5 × Q2_K, 2 × Q4_K)", f"{3.3125:.3f}", "21.50"]
-
-
-@pytest.mark.skipif(hasattr(ev.llama, "gguf_linear_bits"), reason="model.py counts a GGUF's bits")
-def test_a_gguf_row_without_bit_counting_fails_in_one_line(tmp_path):
-    row = ev.Row("llamacpp-X", None, "llamacpp", "", gguf=str(tmp_path / "x.gguf"))
-    with pytest.raises(ev.RowError, match="gguf_linear_bits"):
-        ev.make_row(row, "k", None, P, ev.Scorer(P))
