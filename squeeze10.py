@@ -58,7 +58,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -113,10 +113,6 @@ PRESETS = {  # METHOD.md's table: baselines are presets of the same pipeline
     "gptq4": Settings(salient=1.0, high_bits=4, **BASELINE),
     "xnor": Settings(salient=0.0, compensate=False, **BASELINE),   # every weight binary, round to nearest
 }
-CHOICES = dict(fias=("target", "input", "off"), stage3_from=("mid", "fp"), structure=("columns", "groups"),
-               scales=("fp8", "fp16"))
-
-
 class SettingsError(ValueError):
     """Bad settings or arguments: a one-line message."""
 
@@ -126,27 +122,6 @@ def layout_of(s: Settings) -> str:
     if s.salient == 0 or s.salient == 1:
         return "signs" if s.salient == 0 else "grid"
     return kernels.COLUMNS if s.structure == "columns" else "trits"
-
-
-def check_settings(s: Settings):
-    for name, allowed in CHOICES.items():
-        if getattr(s, name) not in allowed:
-            raise SettingsError(f"--{name.replace('_', '-')} {getattr(s, name)}: must be one of {', '.join(allowed)}")
-    if s.mid_bits is not None and not 2 <= s.mid_bits <= 8:
-        raise SettingsError(f"--mid-bits {s.mid_bits}: must be 2..8, or none (no stage 1)")
-    if not 0 <= s.salient <= 1:
-        raise SettingsError(f"--salient {s.salient}: must be in (0, 1]")
-    if not 2 <= s.high_bits <= 8:
-        raise SettingsError(f"--high-bits {s.high_bits}: must be 2..8")
-    if not (s.lam >= 0 and math.isfinite(s.lam)):
-        raise SettingsError(f"--lam {s.lam}: must be a finite number >= 0")
-    if s.block_rows is not None and s.block_rows < 1:
-        raise SettingsError(f"--block-rows {s.block_rows}: must be at least 1, or layer (one set per layer)")
-    only_columns = "only the columns layout (--structure columns, 0 < --salient < 1)"
-    if s.column_scale and layout_of(s) != kernels.COLUMNS:
-        raise SettingsError(f"--column-scale: {only_columns}")
-    if s.scales == "fp8" and layout_of(s) != kernels.COLUMNS:
-        raise SettingsError(f"--scales fp8: {only_columns} stores fp8")
 
 
 # -----------------------------------------------------------------------------
@@ -705,21 +680,8 @@ def quantize(net, tokens, s: Settings, device="cpu", log=print) -> Quantized:
 
 
 # -----------------------------------------------------------------------------
-# The command line: flags, input checks, loading, the atomic write and the printed report are plumbing a
-# reader can skip (tools/cli.py, `quantize_command`); it calls settings_from_args, quantize and packed_file.
-
-def settings_from_args(preset: str, given: dict) -> Settings:
-    """The preset, with each field given on the command line replaced (None: not given; "none" for
-    mid_bits and "layer" for block_rows mean None)."""
-    if preset not in PRESETS:
-        raise SettingsError(f"--preset {preset}: unknown; choose one of {', '.join(PRESETS)}")
-    if given.get("salient") is not None and not 0 < given["salient"] <= 1:
-        raise SettingsError(f"--salient {given['salient']}: must be in (0, 1]")
-    given = {k: None if v in ("none", "layer") else v for k, v in given.items() if v is not None}
-    s = replace(PRESETS[preset], **given)
-    check_settings(s)
-    return s
-
+# The command line: flags, checks of settings and inputs, loading, the atomic write and the printed report
+# are plumbing a reader can skip (tools/cli.py, `quantize_command`); it calls quantize and packed_file.
 
 def main(argv=None) -> int:
     from tools import cli

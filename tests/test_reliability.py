@@ -4,6 +4,7 @@ Each test makes its own tiny input. References are independent of the code under
 recomputed from the file's byte ranges as safetensors' header gives them; signals are real signals sent to a
 real process.
 """
+import dataclasses
 import hashlib
 import json
 import os
@@ -362,7 +363,7 @@ def linear_with_two_row_groups():
     """One packed linear, 8 × 32 with row-groups of 24 and 8 columns: every layout's bytes, valid."""
     g = torch.Generator().manual_seed(3)
     W, X = torch.randn(8, 32, generator=g), torch.randn(256, 32, generator=g)
-    s = sq.replace(sq.PRESETS["paper"], group_size=24, fias="off")
+    s = dataclasses.replace(sq.PRESETS["paper"], group_size=24, fias="off")
     stats = sq.Stats("off")
     stats.add(X, X)
     return sq.pack(sq.quantize_linears([W], stats, s)[0], s)

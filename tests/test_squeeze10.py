@@ -4,6 +4,7 @@ References are computed here independently: float64 objectives, closed-form leas
 Groups of 24 columns make the tiny model's 32 inputs a full group and a narrow one (24 + 8), as SmolLM2's 576
 inputs are 4 × 128 + 64.
 """
+import dataclasses
 import hashlib
 import json
 import math
@@ -41,7 +42,7 @@ def correlated_inputs(n=512, d=32, seed=0):
 
 def paper(**changes) -> sq.Settings:
     """The paper's preset (format version 1) with some fields changed."""
-    return sq.replace(sq.PRESETS["paper"], **changes)
+    return dataclasses.replace(sq.PRESETS["paper"], **changes)
 
 
 def grid_gptq(W, U, bits, salient=None, compensate=True):
@@ -236,7 +237,7 @@ def test_pack_bits_and_trits_by_hand():
 def test_pack_then_dequantize_reproduces_the_quantizer_bit_for_bit(preset):
     X = correlated_inputs()
     W = torch.randn(16, 32, generator=torch.Generator().manual_seed(11))
-    s = sq.replace(sq.PRESETS[preset], group_size=G)
+    s = dataclasses.replace(sq.PRESETS[preset], group_size=G)
     rec = quantizer_output(W, X, s)
     tensors, spec = sq.pack(rec, s)
     assert torch.equal(kernels.dequantize(tensors, spec), rec.weight)
@@ -406,7 +407,7 @@ def test_presets_are_named_differences_from_the_default():
     assert sq.PRESETS["squeeze10"] == sq.Settings() and sq.layout_of(sq.Settings()) == kernels.COLUMNS
     assert sq.layout_of(sq.PRESETS["paper"]) == "trits" and sq.PRESETS["paper"].mid_bits == 4
     given = dict(mid_bits="none", block_rows="layer", salient=None)
-    s = sq.settings_from_args("paper", given)
+    s = cli.settings_from_args(sq, "paper", given)
     assert s.mid_bits is None and s.block_rows is None and s.salient == 0.2
 
 

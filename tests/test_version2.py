@@ -3,6 +3,7 @@
 References are independent of squeeze10.py: the mask against its definition, the bits against a byte count
 done by hand, and every packed layout against the quantizer's own output, bit for bit.
 """
+import dataclasses
 import json
 
 import pytest
@@ -18,7 +19,7 @@ from test_squeeze10 import G, correlated_inputs, quantizer_output, quantize_args
 
 def columns(**kw):
     """Version 2's structure with fp16 scales and no column scales unless asked (the paper preset's)."""
-    return sq.replace(sq.PRESETS["paper"], group_size=G, structure="columns", **kw)
+    return dataclasses.replace(sq.PRESETS["paper"], group_size=G, structure="columns", **kw)
 
 
 # -----------------------------------------------------------------------------

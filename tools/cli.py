@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import glob
 import json
+import math
 import os
 import resource
 import shutil
@@ -17,7 +18,7 @@ import stat
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -285,15 +286,55 @@ def check_positive(a, flags: dict):
             raise UsageError(f"--{flag} {value}: must be at least {least}")
 
 
+SETTINGS_CHOICES = dict(fias=("target", "input", "off"), stage3_from=("mid", "fp"),
+                        structure=("columns", "groups"), scales=("fp8", "fp16"))
+
+
+def check_settings(sq, s):
+    """Every field of squeeze10's Settings s in its range: a SettingsError naming the flag otherwise."""
+    for name, allowed in SETTINGS_CHOICES.items():
+        value = getattr(s, name)
+        if value not in allowed:
+            raise sq.SettingsError(f"--{name.replace('_', '-')} {value}: must be one of {', '.join(allowed)}")
+    if s.mid_bits is not None and not 2 <= s.mid_bits <= 8:
+        raise sq.SettingsError(f"--mid-bits {s.mid_bits}: must be 2..8, or none (no stage 1)")
+    if not 0 <= s.salient <= 1:
+        raise sq.SettingsError(f"--salient {s.salient}: must be in (0, 1]")
+    if not 2 <= s.high_bits <= 8:
+        raise sq.SettingsError(f"--high-bits {s.high_bits}: must be 2..8")
+    if not (s.lam >= 0 and math.isfinite(s.lam)):
+        raise sq.SettingsError(f"--lam {s.lam}: must be a finite number >= 0")
+    if s.block_rows is not None and s.block_rows < 1:
+        raise sq.SettingsError(f"--block-rows {s.block_rows}: must be at least 1, or layer (one set per layer)")
+    only_columns = "only the columns layout (--structure columns, 0 < --salient < 1)"
+    if s.column_scale and sq.layout_of(s) != "columns":
+        raise sq.SettingsError(f"--column-scale: {only_columns}")
+    if s.scales == "fp8" and sq.layout_of(s) != "columns":
+        raise sq.SettingsError(f"--scales fp8: {only_columns} stores fp8")
+
+
+def settings_from_args(sq, preset: str, given: dict):
+    """The preset, with each field given on the command line replaced (None: not given; "none" for
+    mid_bits and "layer" for block_rows mean None)."""
+    if preset not in sq.PRESETS:
+        raise sq.SettingsError(f"--preset {preset}: unknown; choose one of {', '.join(sq.PRESETS)}")
+    if given.get("salient") is not None and not 0 < given["salient"] <= 1:
+        raise sq.SettingsError(f"--salient {given['salient']}: must be in (0, 1]")
+    given = {k: None if v in ("none", "layer") else v for k, v in given.items() if v is not None}
+    s = replace(sq.PRESETS[preset], **given)
+    check_settings(sq, s)
+    return s
+
+
 class Job:
     """One quantization run, prepared: everything that can fail on bad input fails in `prepare`, before any
-    quantization — the flags, the model, the tokenizer and calibration text, the output path."""
+    quantization: the flags, the output path, the model, the tokenizer and the calibration text."""
 
     def __init__(self, sq, a):
         import data
         import model
-        self.settings = sq.settings_from_args(a.preset, {f: getattr(a, f) for f in sq.Settings.__dataclass_fields__
-                                                         if hasattr(a, f)})
+        given = {f: getattr(a, f) for f in sq.Settings.__dataclass_fields__ if hasattr(a, f)}
+        self.settings = settings_from_args(sq, a.preset, given)
         for problem in (check_device(a.device), check_seed(a.seed)):
             if problem:
                 raise UsageError(problem)
