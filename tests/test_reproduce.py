@@ -329,3 +329,18 @@ def test_a_rows_record_takes_its_bits_from_the_file(tmp_path, monkeypatch):
     assert rec.file_bytes == 64 and rec.zeroshot is None
     (cells,) = [c for c in table_cells(rp.render_results([row], {row.name: rec}, [], "", {}), row.name) if len(c) == 8]
     assert cells[2:5] == ["llama.cpp's Q2_K (5 × Q2_K, 2 × Q4_K)", f"{3.3125:.3f}", "21.50"]
+
+
+def test_every_row_s_flags_are_valid_squeeze10_settings():
+    """Each quantized row's flags parse with squeeze10.py's own parser and give checked Settings."""
+    import squeeze10 as sq
+    from tools import cli
+    parser = cli.quantize_parser(sq)
+    for row in rp.ROWS:
+        if row.flags is None:
+            continue
+        a = parser.parse_args(row.flags.split())
+        given = {f: getattr(a, f) for f in sq.Settings.__dataclass_fields__ if hasattr(a, f)}
+        s = cli.settings_from_args(sq, a.preset, given)
+        assert isinstance(s, sq.Settings), row.name
+    assert cli.settings_from_args(sq, "paper", dict(mid_bits="none")).mid_bits is None   # the row paper-mid16
