@@ -223,7 +223,7 @@ def fias_target(W, H, C, delta):
     return torch.cholesky_solve(rhs, L).T.to(W.dtype)
 
 
-class UsageErrors:
+class OutputErrors:
     """Σ‖Ŵ·x_q − W·x_fp‖² and Σ‖W·x_fp‖² for every linear of a block, as the two streams run chunk by
     chunk: a forward hook on each full-precision linear queues its output, the hook on the quantized twin
     takes the oldest one, so chunk i of one stream meets chunk i of the other."""
@@ -523,7 +523,7 @@ def quantize_block(i: int, fp_block, xs_fp, xs_q, freqs_cis, s: Settings):
     fp_runs = [block_steps(fp_block, x, freqs_cis) for x in xs_fp]
     q_runs = [block_steps(q_block, x, freqs_cis) for x in xs_q]
     xs_fp.clear(), xs_q.clear()   # consumed: the paused passes hold the inputs now, and drop them when they can
-    errors = UsageErrors(fp_block, q_block)
+    errors = OutputErrors(fp_block, q_block)
     quantized, seconds = {}, {}
     for names in STEPS:
         stats = Stats(s.fias)
