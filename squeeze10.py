@@ -301,8 +301,8 @@ def fit_binary(w, salient, colscale=None, unit=None):
         alpha = torch.where(salient, 0, (w - mu[:, None]).abs()).sum(1) / count
     else:
         c = colscale
-        alpha = torch.where(salient, 0, c * (w - mu[:, None]).abs()).sum(1) / \
-            torch.where(salient, 0, c * c).sum(1).clamp(min=1e-30)
+        alpha = torch.where(salient, 0, c * (w - mu[:, None]).abs()).sum(1)
+        alpha = alpha / torch.where(salient, 0, c * c).sum(1).clamp(min=1e-30)
     return round_params(mu, unit), round_params(alpha, unit)
 
 
@@ -339,8 +339,7 @@ def gptq(W, U, salient, bits: int, group_size: int, unit=None, colscale=None, co
     Ct = None if colscale is None else colscale.T.contiguous()
     n, out = Wt.shape
     ng, maxq = math.ceil(n / group_size), 2 ** bits - 1
-    P = Params(*(torch.zeros(out, ng, device=W.device) for _ in range(4)))
-    P.scale += 1
+    P = Params(torch.ones(out, ng, device=W.device), *(torch.zeros(out, ng, device=W.device) for _ in range(3)))
     codes = torch.zeros(n, out, dtype=torch.uint8, device=W.device)
     has_grid, has_binary = bool(salient.any()), not bool(salient.all())
     for g0 in range(0, n, group_size):
