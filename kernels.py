@@ -185,22 +185,6 @@ def check_tensors(tensors: dict, expected: dict, layout: str):
             raise ValueError(f"{name} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}")
 
 
-def check_spec(spec: dict, tensors: dict):
-    """Raise ValueError (one line) unless `tensors` are exactly what `spec` implies."""
-    if spec.get("layout") == COLUMNS:
-        return check_columns_spec(spec, tensors)
-    if spec.get("layout") not in LAYOUTS:
-        raise ValueError(f"unknown layout {spec.get('layout')!r}")
-    widths = group_widths(spec["shape"][1], spec["group_size"])
-    if len(spec["k"]) != len(widths) or any(not 0 <= k <= w for k, w in zip(spec["k"], widths)):
-        raise ValueError(f"salient counts {spec['k']} do not fit row-groups of widths {widths}")
-    if spec["layout"] == "signs" and any(spec["k"]) or spec["layout"] == "grid" and spec["k"] != widths:
-        raise ValueError(f"salient counts {spec['k']} contradict the layout '{spec['layout']}'")
-    if not 1 <= spec["high_bits"] <= 8:
-        raise ValueError(f"high_bits {spec['high_bits']} outside 1..8")
-    check_tensors(tensors, expected_shapes(spec), spec["layout"])
-
-
 def check_columns_spec(spec: dict, tensors: dict):
     """check_spec for the columns layout: the spec's fields, then every tensor's shape and dtype."""
     out, n_in = spec["shape"]
@@ -215,6 +199,22 @@ def check_columns_spec(spec: dict, tensors: dict):
     if not 1 <= spec["high_bits"] <= 8 or not isinstance(spec.get("unit_exp", 0), int):
         raise ValueError(f"high_bits {spec['high_bits']} outside 1..8, or unit_exp not an integer")
     check_tensors(tensors, expected_columns_shapes(spec), COLUMNS)
+
+
+def check_spec(spec: dict, tensors: dict):
+    """Raise ValueError (one line) unless `tensors` are exactly what `spec` implies."""
+    if spec.get("layout") == COLUMNS:
+        return check_columns_spec(spec, tensors)
+    if spec.get("layout") not in LAYOUTS:
+        raise ValueError(f"unknown layout {spec.get('layout')!r}")
+    widths = group_widths(spec["shape"][1], spec["group_size"])
+    if len(spec["k"]) != len(widths) or any(not 0 <= k <= w for k, w in zip(spec["k"], widths)):
+        raise ValueError(f"salient counts {spec['k']} do not fit row-groups of widths {widths}")
+    if spec["layout"] == "signs" and any(spec["k"]) or spec["layout"] == "grid" and spec["k"] != widths:
+        raise ValueError(f"salient counts {spec['k']} contradict the layout '{spec['layout']}'")
+    if not 1 <= spec["high_bits"] <= 8:
+        raise ValueError(f"high_bits {spec['high_bits']} outside 1..8")
+    check_tensors(tensors, expected_shapes(spec), spec["layout"])
 
 
 def check_encoding(tensors: dict, spec: dict):
@@ -355,6 +355,15 @@ def pack_groups(spec: dict, codes, mask, mu, alpha, scale, zero) -> dict:
     return tensors
 
 
+def group_params(tensors: dict, spec: dict) -> tuple:
+    """Version 1: mu, alpha, scale, zero (out, ng) float32, as stored; zeros where the layout has none."""
+    out, ng = spec["shape"][0], len(group_widths(spec["shape"][1], spec["group_size"]))
+    zeros = torch.zeros(out, ng, device=next(iter(tensors.values())).device)
+    mu, alpha = tensors["binary"].float().unbind(-1) if spec["layout"] != "grid" else (zeros, zeros)
+    scale, zero = (tensors["scale"].float(), tensors["zero"].float()) if spec["layout"] != "signs" else (zeros, zeros)
+    return mu, alpha, scale, zero
+
+
 def unpack_groups(tensors: dict, spec: dict) -> tuple:
     """Version 1: a linear's packed tensors (checked) -> codes (out, in) float32, mask (out, in) bool and mu,
     alpha, scale, zero (out, ng) float32 (zeros where the layout has none): the arguments of pack_groups.
@@ -377,15 +386,6 @@ def unpack_groups(tensors: dict, spec: dict) -> tuple:
         if k > 0:                                            # row-major: each row's k codes in column order
             c[m] = unpack_bits(tensors["high"][:, high_at:high_at + bit_bytes(k, hb)], hb, k).flatten().float()
     return codes, mask, *group_params(tensors, spec)
-
-
-def group_params(tensors: dict, spec: dict) -> tuple:
-    """Version 1: mu, alpha, scale, zero (out, ng) float32, as stored; zeros where the layout has none."""
-    out, ng = spec["shape"][0], len(group_widths(spec["shape"][1], spec["group_size"]))
-    zeros = torch.zeros(out, ng, device=next(iter(tensors.values())).device)
-    mu, alpha = tensors["binary"].float().unbind(-1) if spec["layout"] != "grid" else (zeros, zeros)
-    scale, zero = (tensors["scale"].float(), tensors["zero"].float()) if spec["layout"] != "signs" else (zeros, zeros)
-    return mu, alpha, scale, zero
 
 
 # -----------------------------------------------------------------------------
@@ -456,6 +456,11 @@ def unpack_columns(tensors: dict, spec: dict) -> tuple:
 # -----------------------------------------------------------------------------
 # 1. Plain torch: the reference every kernel below is tested against
 
+def dequantize_columns(tensors: dict, spec: dict) -> torch.Tensor:
+    """Dense float32 weight of a columns-layout linear (version 2)."""
+    return dequantize_codes(*unpack_columns(tensors, spec), group_size=spec["group_size"])
+
+
 def dequantize(tensors: dict, spec: dict) -> torch.Tensor:
     """Dense float32 weight (out, in) of one packed linear, either version. `tensors`: the linear's packed
     tensors by short name (trits|signs, high, binary, scale, zero; version 2: columns, ..., colscale);
@@ -463,11 +468,6 @@ def dequantize(tensors: dict, spec: dict) -> torch.Tensor:
     if spec.get("layout") == COLUMNS:
         return dequantize_columns(tensors, spec)
     return dequantize_codes(*unpack_groups(tensors, spec), group_size=spec["group_size"])
-
-
-def dequantize_columns(tensors: dict, spec: dict) -> torch.Tensor:
-    """Dense float32 weight of a columns-layout linear (version 2)."""
-    return dequantize_codes(*unpack_columns(tensors, spec), group_size=spec["group_size"])
 
 
 def reference_matmul(x: torch.Tensor, tensors: dict, spec: dict) -> torch.Tensor:
