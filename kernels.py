@@ -1,28 +1,77 @@
-"""kernels.py — Squeeze10's packed weights read back, and multiplied without a dense matrix.
+"""kernels.py — Squeeze10's packed format: written, read back, and multiplied without a dense matrix.
 
-    python kernels.py --bench [--json]     # dense vs packed matmul on LLaMA-2-7B and SmolLM2 shapes
-    python kernels.py --asm                # which vector instructions the numba kernels compiled to
-
-squeeze10.py writes the packed format (its docstring draws the layout); this file is the only reader, so
-that `model.py`, the tests and the kernels all decode the same bytes the same way. It imports nothing of
-the project.
+squeeze10.py quantizes; everything about the bytes it writes lives here, so that the writer, the reader, the
+kernels and the tests cannot drift apart: the format (below), every `pack_*` beside its `unpack_*`, the shape
+and encoding checks, and the dequantization arithmetic, written once (`grid_weights`, `binary_weights`) and
+used by the quantizer too. Then y = x @ Wᵀ, from plain to fast:
+    1. plain torch   `dequantize` and `reference_matmul` (the yardstick every kernel is tested against), and
+                     `lookup_signed_sums`: the table-lookup identity the CPU kernels rest on, in ten lines
+    2. numba (CPU)   `cpu_layout` + `numba_matmul` (version 1), `columns_cpu_layout` + `columns_matmul` (version 2)
+    3. Triton (GPU)  `triton_matmul` (version 1), `triton_matmul_columns` (version 2), on the file's own bytes
+Each kernel's section says what it reads, what it computes, why its loops have their shape, and which plain
+function it must agree with. This file imports nothing of the project; `python tools/bench.py` times it.
 
 A quantized linear W (out, in) is cut into row-groups of `group_size` input columns (the last one narrower
-when `in` is not a multiple). In each row-group every weight is one of three things:
-    binary   μ − α or μ + α                  (μ, α: fp16, one pair per row-group)
-    salient  scale · (code − zero)          (code: high_bits wide; scale fp16, zero uint8 per row-group)
-and exactly k of them are salient, k fixed per group width, so each row-group's bytes sit at a fixed offset.
+when `in` is not a multiple). In each row-group every weight is one of two kinds:
+    binary   μ − α or μ + α   (version 2 with column scales: μ ± α·c_j)      `binary_weights`
+    salient  scale · (code − zero), the code high_bits wide                   `grid_weights`
+and how many are salient is fixed by the spec, so every row-group's bytes sit at a fixed offset. Because the
+quantizer and `dequantize` share those two functions, quantize → pack → dequantize reproduces the quantizer's
+output bit for bit.
 
-`dequantize(tensors, spec)` rebuilds W in float32 with exactly the arithmetic the quantizer used, so
-quantize → pack → dequantize reproduces the quantizer's output bit for bit. y = x @ Wᵀ three ways:
-`reference_matmul` (dequantize, then torch.matmul: the yardstick), `numba_matmul` (CPU, on a layout made
-once by `cpu_layout`) and `triton_matmul` (CUDA, on the file's own bytes). Each kernel's section says what
-it reads, what it computes, and why its loops have their shape.
+The packed format (version 1). One safetensors file; its metadata holds a single key, "squeeze10", whose
+JSON value has "format": "squeeze10", "version", the model config, the settings, the per-linear specs and
+the bits report. Every tensor that is not a block linear (embeddings, norms, output head) is stored as fp16.
+A quantized linear `P` = "layers.{i}.{attention.wq|...|feed_forward.w3}" of shape (out, in) has row-groups
+g = 0..ng-1 of width w_g (128, the last one possibly narrower) and k_g = round(salient·w_g) salient weights
+(`salient_count`; k_g = 0 for an all-binary layer, k_g = w_g for an all-grid layer). Its tensors, each
+row-major with one row per output channel; inside a row the row-groups follow each other in order, each on
+a byte boundary:
+
+    struct packed_linear {                                  // layout: which tensors exist
+        uint8 trits[out][Σ_g ceil(w_g/5)];   // "trits" (0 < salient < 1): weight p of a row-group is base-3
+                                             //   digit p%5 of the group's byte p/5 (least significant first):
+                                             //   0 -> μ−α, 1 -> μ+α, 2 -> salient; digits past w_g are 0
+        uint8 signs[out][Σ_g ceil(w_g/8)];   // "signs" (all binary): bit p%8 of byte p/8, least significant
+                                             //   first; 1 -> μ+α, 0 -> μ−α
+        uint8 high[out][Σ_g ceil(k_g·high_bits/8)];  // "trits", "grid": the k_g salient codes of each
+                                             //   row-group in column order, high_bits each, LSB first
+        fp16  binary[out][ng][2];            // "trits", "signs": μ, α of each row-group
+        fp16  scale[out][ng];                // "trits", "grid": salient w = scale · (code − zero)
+        uint8 zero[out][ng];
+    };
+
+Each tensor is stored as "P.trits", "P.high", ... Because k_g is fixed, every row-group of every row starts
+at a fixed byte offset (`group_table`). The three-way state costs 1.6 bits a weight for what a sign (0.8)
+plus a bitmap (1.0) would store in 1.8. `pack_groups` checks every size against `expected_shapes`, which the
+reader checks again (`check_spec`).
+
+The packed format (version 2, layout "columns"; beyond the paper, ../shared/METHOD.md "Version 2"). The salient
+set is structured: the rows of a linear are cut into blocks of R = block_rows rows (the last one possibly
+shorter), and all rows of a block keep the same K = round(salient·in) input columns on the grid, so the
+index costs in bits per block instead of ~0.8 bits per weight. Within a row, the binary weights and the
+salient codes are each stored contiguously in column order: permute x per block (binary columns first) and
+W·x is a dense 1-bit product plus a dense high_bits one. Parameters stay per row-group of G original columns;
+with "scales": "fp8" they are float8 e4m3 numbers in units of 2^unit_exp (one power of two per linear):
+
+    struct packed_linear_v2 {                               // spec: block_rows R, k K, scales, unit_exp
+        uint8 columns[ceil(out/R)][ceil(in/8)];  // bit j%8 of byte j/8 (LSB first): column j is salient in
+                                             //   every row of the block; exactly K bits set per block
+        uint8 signs[out][ceil((in−K)/8)];    // the row's in−K binary weights in column order, 1 bit each,
+                                             //   LSB first: 1 -> μ+α, 0 -> μ−α (μ, α of the weight's row-group)
+        uint8 high[out][ceil(K·high_bits/8)];    // the row's K salient codes in column order, LSB first
+        fp8|fp16 binary[out][ng][2];         // μ, α of each row-group (over its binary weights)
+        fp8|fp16 scale[out][ng];             // salient w = scale · (code − zero), per row-group
+        uint8 zero[out][ceil(ng·high_bits/8)];   // the ng zero points, high_bits each, LSB first
+        fp8|fp16 colscale[in];               // "column_scale": binary w = μ ± α·colscale[j] (ARB-LLM's RC),
+                                             //   as stored: fp8 without a unit (c is normalised to mean 1)
+    };
+
+A file is version 2 when any linear uses this layout; the other layouts write version 1.
 """
 import hashlib
 import math
 import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,11 +91,20 @@ FORMAT, VERSION = "squeeze10", 2   # version 1: every linear in LAYOUTS; version
 VERSIONS = (1, 2)                  # the versions this file reads
 LAYOUTS = ("trits", "signs", "grid")  # mixed 1/high-bit, all binary, all high-bit (no binary part)
 COLUMNS = "columns"                # version 2: salient input columns shared by blocks of rows
+SCALE_DTYPES = {"fp16": torch.float16, "fp8": torch.float8_e4m3fn}   # version 2's parameters
 
+
+# -----------------------------------------------------------------------------
+# The format's sizes: what a spec implies
 
 def group_widths(n_in: int, group_size: int) -> list[int]:
     """Widths of the row-groups along the input dimension: [G, G, ..., last (<= G)]."""
     return [min(group_size, n_in - g0) for g0 in range(0, n_in, group_size)]
+
+
+def salient_count(salient: float, width: int) -> int:
+    """How many of `width` weights (or columns) are salient for a salient fraction: round half up."""
+    return int(math.floor(salient * width + 0.5))
 
 
 def trit_bytes(width: int) -> int:
@@ -57,73 +115,32 @@ def bit_bytes(count: int, nbits: int) -> int:
     return math.ceil(count * nbits / 8)
 
 
-def unpack_bits(packed: torch.Tensor, nbits: int, count: int) -> torch.Tensor:
-    """(rows, nbytes) uint8 holding `count` values of `nbits` bits each, least significant bit first
-    -> (rows, count) int32."""
-    shifts = torch.arange(8, device=packed.device, dtype=torch.int32)
-    bits = (packed.to(torch.int32)[..., None] >> shifts) & 1                 # (rows, nbytes, 8)
-    bits = bits.flatten(1)[:, :count * nbits].reshape(-1, count, nbits)
-    weights = 1 << torch.arange(nbits, device=packed.device, dtype=torch.int32)
-    return (bits * weights).sum(-1, dtype=torch.int32)
+def column_blocks(spec: dict) -> int:
+    """Version 2: how many row-blocks of block_rows rows (the last one possibly shorter)."""
+    return math.ceil(spec["shape"][0] / spec["block_rows"])
 
 
-def unpack_trits(packed: torch.Tensor, count: int) -> torch.Tensor:
-    """(rows, nbytes) uint8, five base-3 digits per byte (least significant first) -> (rows, count) int32."""
-    powers = torch.tensor([1, 3, 9, 27, 81], device=packed.device, dtype=torch.int32)
-    digits = (packed.to(torch.int32)[..., None] // powers) % 3             # (rows, nbytes, 5)
-    return digits.flatten(1)[:, :count]
+def scale_unit(spec: dict) -> float:
+    """Version 2: what one stored parameter unit is worth: 2^unit_exp for fp8 parameters, 1 for fp16."""
+    return 2.0 ** spec.get("unit_exp", 0) if spec["scales"] == "fp8" else 1.0
 
 
-def pack_bits(values: torch.Tensor, nbits: int) -> torch.Tensor:
-    """(rows, count) integers < 2^nbits -> (rows, ceil(count·nbits/8)) uint8, least significant bit first:
-    the inverse of unpack_bits."""
-    rows, count = values.shape
-    bits = (values.to(torch.int32)[..., None] >> torch.arange(nbits, dtype=torch.int32)) & 1
-    bits = bits.reshape(rows, count * nbits)
-    nbytes = bit_bytes(count, nbits)
-    bits = torch.nn.functional.pad(bits, (0, nbytes * 8 - count * nbits))
-    return (bits.reshape(rows, nbytes, 8) << torch.arange(8, dtype=torch.int32)).sum(-1).to(torch.uint8)
-
-
-def pack_trits(states: torch.Tensor) -> torch.Tensor:
-    """(rows, count) values in {0, 1, 2} -> (rows, ceil(count/5)) uint8, five base-3 digits per byte: the
-    inverse of unpack_trits."""
-    rows, count = states.shape
-    nbytes = trit_bytes(count)
-    states = torch.nn.functional.pad(states.to(torch.int32), (0, nbytes * 5 - count))
-    powers = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
-    return (states.reshape(rows, nbytes, 5) * powers).sum(-1).to(torch.uint8)
-
-
-def pack_groups(spec: dict, codes, mask, mu, alpha, scale, zero) -> dict:
-    """Version 1: one quantized linear -> its packed tensors by short name (the inverse of `dequantize`).
-    codes (out, in): each weight's grid code, or its sign bit (1: +) where mask (out, in) is False;
-    mu, alpha, scale, zero (out, ng) float32, already at their stored precision (fp16)."""
-    out, n = spec["shape"]
-    G, hb, layout = spec["group_size"], spec["high_bits"], spec["layout"]
-    states, high = [], []
-    for g, (w, k) in enumerate(zip(group_widths(n, G), spec["k"])):
-        c, m = codes[:, g * G:g * G + w], mask[:, g * G:g * G + w]
-        assert int(m.sum()) == out * k, "every row-group holds exactly k salient weights"
-        if layout == "trits":
-            states.append(pack_trits(torch.where(m, 2, c.to(torch.int32))))
-        elif layout == "signs":
-            states.append(pack_bits(c, 1))
-        if layout != "signs" and k:
-            high.append(pack_bits(c[m].reshape(out, k), hb))
-    tensors = {}
-    if layout != "grid":
-        tensors[layout] = torch.cat(states, 1)
-        tensors["binary"] = torch.stack([mu, alpha], -1).half()
-    if layout != "signs":
-        tensors["high"] = torch.cat(high, 1) if high else torch.zeros(out, 0, dtype=torch.uint8)
-        tensors["scale"], tensors["zero"] = scale.half(), zero.to(torch.uint8)
-    check_tensors(tensors, expected_shapes(spec), layout)
-    return tensors
+def group_table(spec: dict) -> torch.Tensor:
+    """Version 1: int32 (ng, 5), one row per row-group: first column, width, byte offset in the state stream
+    (trits or signs), byte offset in `high`, k. The reader and every kernel walk a row with it."""
+    if spec["layout"] == COLUMNS:   # no v1 kernel walks it
+        return torch.zeros(0, 5, dtype=torch.int32)
+    rows, col, state_at, high_at = [], 0, 0, 0
+    for w, k in zip(group_widths(spec["shape"][1], spec["group_size"]), spec["k"]):
+        rows.append([col, w, state_at, high_at, k])
+        col += w
+        state_at += {"trits": trit_bytes(w), "signs": bit_bytes(w, 1), "grid": 0}[spec["layout"]]
+        high_at += bit_bytes(k, spec["high_bits"])
+    return torch.tensor(rows, dtype=torch.int32)
 
 
 def expected_shapes(spec: dict) -> dict:
-    """The shape and dtype of every tensor a linear with this spec must have."""
+    """Version 1: the shape and dtype of every tensor a linear with this spec must have."""
     out, n_in = spec["shape"]
     widths, ks, hb = group_widths(n_in, spec["group_size"]), spec["k"], spec["high_bits"]
     ng, layout = len(widths), spec["layout"]
@@ -141,6 +158,23 @@ def expected_shapes(spec: dict) -> dict:
     return shapes
 
 
+def expected_columns_shapes(spec: dict) -> dict:
+    """Version 2: the shape and dtype of every tensor a columns-layout linear with this spec must have."""
+    out, n_in = spec["shape"]
+    k, hb, ng = spec["k"], spec["high_bits"], len(group_widths(n_in, spec["group_size"]))
+    dtype = SCALE_DTYPES[spec["scales"]]
+    return {"columns": ((column_blocks(spec), bit_bytes(n_in, 1)), torch.uint8),
+            "signs": ((out, bit_bytes(n_in - k, 1)), torch.uint8),
+            "high": ((out, bit_bytes(k, hb)), torch.uint8),
+            "binary": ((out, ng, 2), dtype),
+            "scale": ((out, ng), dtype),
+            "zero": ((out, bit_bytes(ng, hb)), torch.uint8),
+            **({"colscale": ((n_in,), dtype)} if spec.get("column_scale") else {})}
+
+
+# -----------------------------------------------------------------------------
+# The checks a reader makes before it trusts a linear's bytes (each failure: one line, a ValueError)
+
 def check_tensors(tensors: dict, expected: dict, layout: str):
     """Raise ValueError (one line) unless `tensors` have exactly the names, shapes and dtypes `expected`."""
     if set(tensors) != set(expected):
@@ -149,6 +183,22 @@ def check_tensors(tensors: dict, expected: dict, layout: str):
         t = tensors[name]
         if tuple(t.shape) != shape or t.dtype != dtype:
             raise ValueError(f"{name} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}")
+
+
+def check_columns_spec(spec: dict, tensors: dict):
+    """check_spec for the columns layout: the spec's fields, then every tensor's shape and dtype."""
+    out, n_in = spec["shape"]
+    if spec.get("scales") not in SCALE_DTYPES:
+        raise ValueError(f"scales {spec.get('scales')!r}: expected one of {', '.join(SCALE_DTYPES)}")
+    if not isinstance(spec.get("k"), int) or not 0 < spec["k"] < n_in:
+        raise ValueError(f"salient columns {spec.get('k')!r} do not fit {n_in} input columns")
+    if not isinstance(spec.get("block_rows"), int) or not 1 <= spec["block_rows"] <= out:
+        raise ValueError(f"block_rows {spec.get('block_rows')!r} outside 1..{out}")
+    if spec.get("column_scale", False) is not True and "column_scale" in spec:
+        raise ValueError(f"column_scale {spec['column_scale']!r}: expected true or absent")
+    if not 1 <= spec["high_bits"] <= 8 or not isinstance(spec.get("unit_exp", 0), int):
+        raise ValueError(f"high_bits {spec['high_bits']} outside 1..8, or unit_exp not an integer")
+    check_tensors(tensors, expected_columns_shapes(spec), COLUMNS)
 
 
 def check_spec(spec: dict, tensors: dict):
@@ -208,86 +258,146 @@ def tensor_checksum(t: torch.Tensor) -> str:
     return hashlib.sha256(flat.view(torch.uint8).numpy()).hexdigest()
 
 
-def grid_weights(codes, scale, zero):
-    """A salient weight from its grid code: scale · (code − zero)."""
+# -----------------------------------------------------------------------------
+# Bits and trits: each packer beside its unpacker
+
+def pack_bits(values: torch.Tensor, nbits: int) -> torch.Tensor:
+    """(rows, count) integers < 2^nbits -> (rows, ceil(count·nbits/8)) uint8, least significant bit first."""
+    rows, count = values.shape
+    bits = (values.to(torch.int32)[..., None] >> torch.arange(nbits, dtype=torch.int32)) & 1
+    bits = bits.reshape(rows, count * nbits)
+    nbytes = bit_bytes(count, nbits)
+    bits = torch.nn.functional.pad(bits, (0, nbytes * 8 - count * nbits))
+    return (bits.reshape(rows, nbytes, 8) << torch.arange(8, dtype=torch.int32)).sum(-1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, nbits: int, count: int) -> torch.Tensor:
+    """(rows, nbytes) uint8 holding `count` values of `nbits` bits each, least significant bit first
+    -> (rows, count) int32: the inverse of pack_bits."""
+    shifts = torch.arange(8, device=packed.device, dtype=torch.int32)
+    bits = (packed.to(torch.int32)[..., None] >> shifts) & 1                 # (rows, nbytes, 8)
+    bits = bits.flatten(1)[:, :count * nbits].reshape(-1, count, nbits)
+    weights = 1 << torch.arange(nbits, device=packed.device, dtype=torch.int32)
+    return (bits * weights).sum(-1, dtype=torch.int32)
+
+
+def pack_trits(states: torch.Tensor) -> torch.Tensor:
+    """(rows, count) values in {0, 1, 2} -> (rows, ceil(count/5)) uint8, five base-3 digits per byte, least
+    significant first."""
+    rows, count = states.shape
+    nbytes = trit_bytes(count)
+    states = torch.nn.functional.pad(states.to(torch.int32), (0, nbytes * 5 - count))
+    powers = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
+    return (states.reshape(rows, nbytes, 5) * powers).sum(-1).to(torch.uint8)
+
+
+def unpack_trits(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """(rows, nbytes) uint8, five base-3 digits per byte (least significant first) -> (rows, count) int32: the
+    inverse of pack_trits."""
+    powers = torch.tensor([1, 3, 9, 27, 81], device=packed.device, dtype=torch.int32)
+    digits = (packed.to(torch.int32)[..., None] // powers) % 3             # (rows, nbytes, 5)
+    return digits.flatten(1)[:, :count]
+
+
+# -----------------------------------------------------------------------------
+# The dequantization arithmetic, written once: squeeze10.py's quantizer, `dequantize` and the tests all call
+# these, so that quantize → pack → dequantize is exact (float32, elementwise, in this order)
+
+def grid_weights(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Salient weights: scale · (code − zero). Float32 tensors that broadcast against each other."""
     return scale * (codes - zero)
 
 
-def binary_weights(plus, mu, alpha, colscale=None):
-    """A binary weight from its sign: μ ± α, or μ ± α·c_j with column scales."""
+def binary_weights(plus: torch.Tensor, mu: torch.Tensor, alpha: torch.Tensor, colscale=None) -> torch.Tensor:
+    """Binary weights: μ + α where `plus` (bool), else μ − α; with column scales c_j, μ ± α·c_j (ARB-LLM's RC).
+    Float32 tensors that broadcast against each other."""
     ac = alpha if colscale is None else alpha * colscale
     return torch.where(plus, mu + ac, mu - ac)
 
 
-def dequantize(tensors: dict, spec: dict) -> torch.Tensor:
-    """Dense float32 weight (out, in) of one packed linear. `tensors`: the linear's packed tensors by short
-    name (trits|signs, high, binary, scale, zero); `spec`: shape, group_size, high_bits, layout, k."""
-    if spec.get("layout") == COLUMNS:
-        return dequantize_columns(tensors, spec)
-    check_spec(spec, tensors)
-    out, n_in = spec["shape"]
-    G, hb, layout = spec["group_size"], spec["high_bits"], spec["layout"]
-    W = torch.empty(out, n_in, dtype=torch.float32, device=next(iter(tensors.values())).device)
-    state_at = high_at = 0  # byte offsets of the current row-group in the state and salient streams
-    for g, (width, k) in enumerate(zip(group_widths(n_in, G), spec["k"])):
-        if layout == "trits":
-            nbytes = trit_bytes(width)
-            states = unpack_trits(tensors["trits"][:, state_at:state_at + nbytes], width)
-            salient, plus = states == 2, states == 1
-        elif layout == "signs":
-            nbytes = bit_bytes(width, 1)
-            plus = unpack_bits(tensors["signs"][:, state_at:state_at + nbytes], 1, width) == 1
-            salient = torch.zeros_like(plus)
-        else:
-            nbytes = 0
-            salient = torch.ones(out, width, dtype=torch.bool, device=W.device)
-        state_at += nbytes
-        if salient.sum(1).ne(k).any():
-            raise ValueError(f"row-group {g}: a row does not hold exactly {k} salient weights")
-        w = torch.zeros(out, width, dtype=torch.float32, device=W.device)
-        if layout != "grid":
-            mu, alpha = tensors["binary"][:, g, 0].float()[:, None], tensors["binary"][:, g, 1].float()[:, None]
-            w = torch.where(plus, mu + alpha, mu - alpha)
-        if layout != "signs" and k > 0:
-            nbytes = bit_bytes(k, hb)
-            codes = unpack_bits(tensors["high"][:, high_at:high_at + nbytes], hb, k).float()   # (out, k)
-            high_at += nbytes
-            scale, zero = tensors["scale"][:, g].float()[:, None], tensors["zero"][:, g].float()[:, None]
-            w[salient] = (scale * (codes - zero)).flatten()   # row-major: each row's k values in column order
-        W[:, g * G:g * G + width] = w
-    return W
+def dequantize_codes(codes, mask, mu, alpha, scale, zero, colscale=None, *, group_size: int) -> torch.Tensor:
+    """Ŵ (out, in) float32 from each weight's code (its sign bit, 1: +, where `mask` (out, in) is False) and
+    its row-group's parameters mu, alpha, scale, zero (out, ng) float32; colscale (in,) or None. What every
+    unpack_* returns and every pack_* takes."""
+    col_group = torch.arange(codes.shape[1], device=codes.device) // group_size   # each column's row-group
+    codes = codes.float()
+    binary = binary_weights(codes == 1, mu[:, col_group], alpha[:, col_group], colscale)
+    return torch.where(mask, grid_weights(codes, scale[:, col_group], zero[:, col_group]), binary)
 
 
 # -----------------------------------------------------------------------------
-# Version 2: the "columns" layout (squeeze10.py's docstring draws it)
+# Version 1: a linear as row-groups, each with its own salient weights
+
+def pack_groups(spec: dict, codes, mask, mu, alpha, scale, zero) -> dict:
+    """Version 1: one quantized linear -> its packed tensors by short name (the inverse of `unpack_groups`).
+    codes (out, in): each weight's grid code, or its sign bit (1: +) where mask (out, in) is False;
+    mu, alpha, scale, zero (out, ng) float32, already at their stored precision (fp16)."""
+    out, n = spec["shape"]
+    G, hb, layout = spec["group_size"], spec["high_bits"], spec["layout"]
+    states, high = [], []
+    for g, (w, k) in enumerate(zip(group_widths(n, G), spec["k"])):
+        c, m = codes[:, g * G:g * G + w], mask[:, g * G:g * G + w]
+        assert int(m.sum()) == out * k, "every row-group holds exactly k salient weights"
+        if layout == "trits":
+            states.append(pack_trits(torch.where(m, 2, c.to(torch.int32))))
+        elif layout == "signs":
+            states.append(pack_bits(c, 1))
+        if layout != "signs" and k:
+            high.append(pack_bits(c[m].reshape(out, k), hb))
+    tensors = {}
+    if layout != "grid":
+        tensors[layout] = torch.cat(states, 1)
+        tensors["binary"] = torch.stack([mu, alpha], -1).half()
+    if layout != "signs":
+        tensors["high"] = torch.cat(high, 1) if high else torch.zeros(out, 0, dtype=torch.uint8)
+        tensors["scale"], tensors["zero"] = scale.half(), zero.to(torch.uint8)
+    check_tensors(tensors, expected_shapes(spec), layout)
+    return tensors
+
+
+def group_params(tensors: dict, spec: dict) -> tuple:
+    """Version 1: mu, alpha, scale, zero (out, ng) float32, as stored; zeros where the layout has none."""
+    out, ng = spec["shape"][0], len(group_widths(spec["shape"][1], spec["group_size"]))
+    zeros = torch.zeros(out, ng, device=next(iter(tensors.values())).device)
+    mu, alpha = tensors["binary"].float().unbind(-1) if spec["layout"] != "grid" else (zeros, zeros)
+    scale, zero = (tensors["scale"].float(), tensors["zero"].float()) if spec["layout"] != "signs" else (zeros, zeros)
+    return mu, alpha, scale, zero
+
+
+def unpack_groups(tensors: dict, spec: dict) -> tuple:
+    """Version 1: a linear's packed tensors (checked) -> codes (out, in) float32, mask (out, in) bool and mu,
+    alpha, scale, zero (out, ng) float32 (zeros where the layout has none): the arguments of pack_groups.
+    A row whose row-group does not hold exactly k salient weights is a ValueError."""
+    check_spec(spec, tensors)
+    out, n_in = spec["shape"]
+    hb, layout = spec["high_bits"], spec["layout"]
+    device = next(iter(tensors.values())).device
+    codes = torch.zeros(out, n_in, dtype=torch.float32, device=device)
+    mask = torch.full((out, n_in), layout == "grid", device=device)          # grid: every weight is salient
+    for g, (col, w, state_at, high_at, k) in enumerate(group_table(spec).tolist()):
+        c, m = codes[:, col:col + w], mask[:, col:col + w]                   # views: written in place
+        if layout == "trits":
+            states = unpack_trits(tensors["trits"][:, state_at:state_at + trit_bytes(w)], w)
+            m[:], c[:] = states == 2, (states == 1).float()
+        elif layout == "signs":
+            c[:] = unpack_bits(tensors["signs"][:, state_at:state_at + bit_bytes(w, 1)], 1, w).float()
+        if m.sum(1).ne(k).any():
+            raise ValueError(f"row-group {g}: a row does not hold exactly {k} salient weights")
+        if k > 0:                                            # row-major: each row's k codes in column order
+            c[m] = unpack_bits(tensors["high"][:, high_at:high_at + bit_bytes(k, hb)], hb, k).flatten().float()
+    return codes, mask, *group_params(tensors, spec)
+
+
+# -----------------------------------------------------------------------------
+# Version 2: the "columns" layout
 #
 # Every block of `block_rows` rows keeps the same k salient input columns, named by one bitmap per block.
 # A row's binary weights follow each other in column order in "signs", its salient codes in "high": with x
 # permuted per block so that the block's binary columns come first, W·x is a dense 1-bit product plus a
 # dense high_bits one. μ, α, scale and zero stay per row-group of `group_size` original columns.
 
-SCALE_DTYPES = {"fp16": torch.float16, "fp8": torch.float8_e4m3fn}
-
-
-def column_blocks(spec: dict) -> int:
-    return math.ceil(spec["shape"][0] / spec["block_rows"])
-
-
-def expected_columns_shapes(spec: dict) -> dict:
-    out, n_in = spec["shape"]
-    k, hb, ng = spec["k"], spec["high_bits"], len(group_widths(n_in, spec["group_size"]))
-    dtype = SCALE_DTYPES[spec["scales"]]
-    return {"columns": ((column_blocks(spec), bit_bytes(n_in, 1)), torch.uint8),
-            "signs": ((out, bit_bytes(n_in - k, 1)), torch.uint8),
-            "high": ((out, bit_bytes(k, hb)), torch.uint8),
-            "binary": ((out, ng, 2), dtype),
-            "scale": ((out, ng), dtype),
-            "zero": ((out, bit_bytes(ng, hb)), torch.uint8),
-            **({"colscale": ((n_in,), dtype)} if spec.get("column_scale") else {})}
-
-
 def pack_columns(spec: dict, codes, mask, mu, alpha, scale, zero, colscale=None) -> dict:
-    """Version 2: one quantized linear -> its packed tensors (the inverse of `dequantize_columns`): per-block
+    """Version 2: one quantized linear -> its packed tensors (the inverse of `unpack_columns`): per-block
     column bitmaps, each row's binary signs and salient codes in column order, its parameters in fp16, or fp8
     in units of 2^unit_exp (zeros in high_bits bits). Arguments as pack_groups; colscale (in,) or None."""
     out, n = spec["shape"]
@@ -295,7 +405,7 @@ def pack_columns(spec: dict, codes, mask, mu, alpha, scale, zero, colscale=None)
     first = mask[::R]                                            # (blocks, in): each block's first row
     assert torch.equal(first.repeat_interleave(R, 0)[:out], mask), "rows of a block share their salient columns"
     dtype = SCALE_DTYPES[spec["scales"]]
-    unit = 2.0 ** spec.get("unit_exp", 0) if spec["scales"] == "fp8" else 1.0
+    unit = scale_unit(spec)
 
     def stored(p):                                               # already rounded: the cast is exact
         t = (p / unit).to(dtype)
@@ -314,22 +424,6 @@ def pack_columns(spec: dict, codes, mask, mu, alpha, scale, zero, colscale=None)
     return tensors
 
 
-def check_columns_spec(spec: dict, tensors: dict):
-    """check_spec for the columns layout: the spec's fields, then every tensor's shape and dtype."""
-    out, n_in = spec["shape"]
-    if spec.get("scales") not in SCALE_DTYPES:
-        raise ValueError(f"scales {spec.get('scales')!r}: expected one of {', '.join(SCALE_DTYPES)}")
-    if not isinstance(spec.get("k"), int) or not 0 < spec["k"] < n_in:
-        raise ValueError(f"salient columns {spec.get('k')!r} do not fit {n_in} input columns")
-    if not isinstance(spec.get("block_rows"), int) or not 1 <= spec["block_rows"] <= out:
-        raise ValueError(f"block_rows {spec.get('block_rows')!r} outside 1..{out}")
-    if spec.get("column_scale", False) is not True and "column_scale" in spec:
-        raise ValueError(f"column_scale {spec['column_scale']!r}: expected true or absent")
-    if not 1 <= spec["high_bits"] <= 8 or not isinstance(spec.get("unit_exp", 0), int):
-        raise ValueError(f"high_bits {spec['high_bits']} outside 1..8, or unit_exp not an integer")
-    check_tensors(tensors, expected_columns_shapes(spec), COLUMNS)
-
-
 def salient_columns(tensors: dict, spec: dict) -> torch.Tensor:
     """(out, in) bool: True at every row's salient columns, from the per-block bitmaps (checked: k each)."""
     out, n_in = spec["shape"]
@@ -341,34 +435,39 @@ def salient_columns(tensors: dict, spec: dict) -> torch.Tensor:
     return blocks.repeat_interleave(spec["block_rows"], 0)[:out]
 
 
-def columns_params(tensors: dict, spec: dict) -> tuple:
-    """μ, α, scale (out, ng) float32 and zero (out, ng): fp16 as stored, or fp8 times 2^unit_exp."""
-    unit = 2.0 ** spec.get("unit_exp", 0) if spec["scales"] == "fp8" else 1.0
-    binary = tensors["binary"].float() * unit
-    scale = tensors["scale"].float() * unit
-    ng = scale.shape[1]
-    zero = unpack_bits(tensors["zero"], spec["high_bits"], ng).float()
-    return binary[..., 0], binary[..., 1], scale, zero
-
-
-def dequantize_columns(tensors: dict, spec: dict) -> torch.Tensor:
-    """Dense float32 weight of a columns-layout linear: the arithmetic of squeeze10.dequantized."""
+def unpack_columns(tensors: dict, spec: dict) -> tuple:
+    """Version 2: a linear's packed tensors (checked) -> codes (out, in) float32, mask (out, in) bool, mu,
+    alpha, scale (out, ng) float32 (fp16 as stored, or fp8 times 2^unit_exp), zero (out, ng) float32 and
+    colscale (in,) float32 or None: the arguments of pack_columns."""
     check_columns_spec(spec, tensors)
     out, n_in = spec["shape"]
     k, hb = spec["k"], spec["high_bits"]
-    salient = salient_columns(tensors, spec)                                   # (out, in)
-    codes = torch.zeros(out, n_in, dtype=torch.float32, device=salient.device)
-    codes[~salient] = unpack_bits(tensors["signs"], 1, n_in - k).flatten().float()   # row-major: column order
-    codes[salient] = unpack_bits(tensors["high"], hb, k).flatten().float()
-    mu, alpha, scale, zero = columns_params(tensors, spec)
-    col_group = torch.arange(n_in, device=salient.device) // spec["group_size"]
-    mu, alpha = mu[:, col_group], alpha[:, col_group]
-    if spec.get("column_scale"):                               # binary w = μ ± α·c_j
-        ac = alpha * tensors["colscale"].float()
-        binary = torch.where(codes == 1, mu + ac, mu - ac)
-    else:
-        binary = torch.where(codes == 1, mu + alpha, mu - alpha)
-    return torch.where(salient, scale[:, col_group] * (codes - zero[:, col_group]), binary)
+    mask = salient_columns(tensors, spec)                                    # (out, in)
+    codes = torch.zeros(out, n_in, dtype=torch.float32, device=mask.device)
+    codes[~mask] = unpack_bits(tensors["signs"], 1, n_in - k).flatten().float()   # row-major: column order
+    codes[mask] = unpack_bits(tensors["high"], hb, k).flatten().float()
+    binary = tensors["binary"].float() * scale_unit(spec)
+    scale = tensors["scale"].float() * scale_unit(spec)
+    zero = unpack_bits(tensors["zero"], hb, scale.shape[1]).float()
+    colscale = tensors["colscale"].float() if spec.get("column_scale") else None
+    return codes, mask, binary[..., 0], binary[..., 1], scale, zero, colscale
+
+
+# -----------------------------------------------------------------------------
+# 1. Plain torch: the reference every kernel below is tested against
+
+def dequantize_columns(tensors: dict, spec: dict) -> torch.Tensor:
+    """Dense float32 weight of a columns-layout linear (version 2)."""
+    return dequantize_codes(*unpack_columns(tensors, spec), group_size=spec["group_size"])
+
+
+def dequantize(tensors: dict, spec: dict) -> torch.Tensor:
+    """Dense float32 weight (out, in) of one packed linear, either version. `tensors`: the linear's packed
+    tensors by short name (trits|signs, high, binary, scale, zero; version 2: columns, ..., colscale);
+    `spec`: shape, group_size, high_bits, layout, k (version 2: block_rows, scales, ...)."""
+    if spec.get("layout") == COLUMNS:
+        return dequantize_columns(tensors, spec)
+    return dequantize_codes(*unpack_groups(tensors, spec), group_size=spec["group_size"])
 
 
 def reference_matmul(x: torch.Tensor, tensors: dict, spec: dict) -> torch.Tensor:
@@ -377,31 +476,29 @@ def reference_matmul(x: torch.Tensor, tensors: dict, spec: dict) -> torch.Tensor
     return x @ dequantize(tensors, spec).to(device=x.device, dtype=x.dtype).T
 
 
-def group_table(spec: dict) -> torch.Tensor:
-    """int32 (ng, 5), one row per row-group: first column, width, byte offset in the state stream (trits or
-    signs), byte offset in `high`, k. Every kernel walks a row with it."""
-    if spec["layout"] == COLUMNS:   # no v1 kernel walks it
-        return torch.zeros(0, 5, dtype=torch.int32)
-    rows, col, state_at, high_at = [], 0, 0, 0
-    for w, k in zip(group_widths(spec["shape"][1], spec["group_size"]), spec["k"]):
-        rows.append([col, w, state_at, high_at, k])
-        col += w
-        state_at += {"trits": trit_bytes(w), "signs": bit_bytes(w, 1), "grid": 0}[spec["layout"]]
-        high_at += bit_bytes(k, spec["high_bits"])
-    return torch.tensor(rows, dtype=torch.int32)
+def lookup_signed_sums(x: torch.Tensor, plus: torch.Tensor) -> torch.Tensor:
+    """Σ_j s_j·x_j for every row of signs s = ±1 (plus (rows, in) bool: s = +1), the way the CPU kernels do it
+    (T-MAC): Σ s·x = 2·Σ₊x − Σx, and Σ₊x costs one table lookup per 8 weights. x (in,) float32 -> (rows,)."""
+    x8 = torch.nn.functional.pad(x, (0, -len(x) % 8)).reshape(-1, 8)         # (bytes, 8): 8 activations a byte
+    bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1              # (256, 8): the bits of each byte value
+    T = x8 @ bits.T.float()                       # (bytes, 256): T[b, v] = Σ of byte b's activations set in v
+    signs = pack_bits(plus.to(torch.int32), 1).long()                       # (rows, bytes): 8 signs a byte
+    plus_sums = T[torch.arange(T.shape[0]), signs].sum(1)                   # Σ₊x: a lookup per byte
+    return 2 * plus_sums - x.sum()
 
 
 # -----------------------------------------------------------------------------
-# CPU: numba
+# 2. numba (CPU), version 1: y = x @ Wᵀ as `reference_matmul` computes it, without a dense W
 #
 # What a batch-1 product must do, per row-group of 128 weights (26 of them salient, 4-bit):
 #   read    16 sign bytes, 26 salient entries of 2 bytes, 16 bytes of group constants (the file's trits are
 #           repacked once, when the model is loaded, into this layout: `cpu_layout`);
 #   compute y += (μ−α)·Σx + 2α·Σ_{plus} x          over all 128 weights — the identity Σ s·x = 2·Σ_{s=+1} x − Σ x —
 #              + scale·Σ_sal code·x − (scale·zero + μ−α)·Σ_sal x     a correction at the 26 salient positions.
-# Σ_{plus} x costs one table lookup per 8 weights (T-MAC): per call, each sign-byte position b gets the 256
-# subset sums of its 8 activations, so a sign byte is its own index. The salient weights are a list of
-# (code << pos_bits | position) entries, a fixed number per row-group, so their loop has a fixed trip count.
+# Σ_{plus} x costs one table lookup per 8 weights (T-MAC; `lookup_signed_sums` above is the same in torch): per
+# call, each sign-byte position b gets the 256 subset sums of its 8 activations, so a sign byte is its own index.
+# The salient weights are a list of (code << pos_bits | position) entries, a fixed number per row-group, so
+# their loop has a fixed trip count.
 # The rows are interleaved in blocks of 16, so the 16 lookups of one sign-byte position hit the same 1 KB
 # table row, and the 16 salient entries of one index share the same 128 activations: both inner loops are
 # then one 16-wide gather each (AVX-512 `vgatherdps`: 16 lanes of 32-bit indices into one base pointer).
@@ -454,11 +551,14 @@ BIG_LAYER_BATCH = 10     # ... or up to this many for a layer of at least 2^24 w
                          # 576×576 at 5 rows: tables 0.25 ms, tiles 0.19 ms
 TILE_BYTES = 1 << 20     # one decoded tile of rows (transposed): about L2-sized
 CHUNK_GROUPS = 96        # at most this many row-groups per pass of the table kernel: ≤ 1.5 MB of tables, in L2
-def interleave(a: torch.Tensor) -> np.ndarray:
-    """(out, ...) -> (ceil(out/LANES), ..., LANES), zero rows padding the last block."""
-    blocks = -(-a.shape[0] // LANES)
-    a = torch.cat([a, a.new_zeros(blocks * LANES - a.shape[0], *a.shape[1:])])
-    return np.ascontiguousarray(a.reshape(blocks, LANES, *a.shape[1:]).movedim(1, -1).numpy())
+
+
+def by_blocks(a: torch.Tensor, R: int) -> np.ndarray:
+    """(out, ...) -> (ceil(out/R), ..., R): each block of R rows along the last axis, zero rows padding the last
+    block. Version 1 interleaves LANES rows; version 2, the rows of a row-block."""
+    blocks = -(-a.shape[0] // R)
+    a = torch.cat([a, a.new_zeros(blocks * R - a.shape[0], *a.shape[1:])])
+    return np.ascontiguousarray(a.reshape(blocks, R, *a.shape[1:]).movedim(1, -1).numpy())
 
 
 def cpu_layout(tensors: dict, spec: dict) -> dict:
@@ -488,12 +588,10 @@ def cpu_layout(tensors: dict, spec: dict) -> dict:
     if bad >= 0:
         r, g = divmod(bad, len(table))
         raise ValueError(f"row {r}, row-group {g}: its states do not mark exactly k = {table[g, 4]} salient weights")
-    ng, zeros = len(table), torch.zeros(out, len(table))
-    mu, alpha = tensors["binary"].float().unbind(-1) if layout != "grid" else (zeros, zeros)
-    scale, zero = (tensors["scale"].float(), tensors["zero"].float()) if layout != "signs" else (zeros, zeros)
-    const = torch.stack([2 * alpha, mu - alpha, scale, scale * zero + (mu - alpha)], -1).reshape(out, ng, 4)
-    return dict(signs=interleave(torch.from_numpy(signs)), const=interleave(const),
-                sal=interleave(torch.from_numpy(sal.view(np.int16))).view(np.uint16),   # (few uint16 ops in torch)
+    mu, alpha, scale, zero = group_params(tensors, spec)
+    const = torch.stack([2 * alpha, mu - alpha, scale, scale * zero + (mu - alpha)], -1)   # (out, ng, 4)
+    return dict(signs=by_blocks(torch.from_numpy(signs), LANES), const=by_blocks(const, LANES),
+                sal=by_blocks(torch.from_numpy(sal.view(np.int16)), LANES).view(np.uint16),   # (torch lacks uint16 ops)
                 groups=groups, pos_bits=pos_bits, n_codes=1 << hb, shape=(out, n_in))
 
 
@@ -770,6 +868,19 @@ def _expand_signs_plain(signs, s_at, w, const, c_at, dst, d_at, stride):
             dst[d_at + j * stride + lane] = const[c_at + LANES + lane] + const[c_at + lane] * np.float32(bit)
 
 
+@cpu_kernel(fastmath=True, cache=True)
+def _fill_tables(x, col, w, nbytes, T, t0):
+    """The tables of one row-group of one row x (in,) into T rows t0 .. t0 + nbytes: T[t0 + p, v] = Σ of the
+    activations x[col + 8p + t] whose bit t is set in v (0 past the width w). Both versions' tables."""
+    for p in range(nbytes):
+        for t in range(8):                           # doubling: the entries with bit t set = those below + x_t
+            j = 8 * p + t
+            xv = x[col + j] if j < w else np.float32(0)
+            h = 1 << t
+            for i in range(h):
+                T[t0 + p, h + i] = T[t0 + p, i] + xv
+
+
 @cpu_kernel(parallel=True, fastmath=True, cache=True)
 def _tables(x, groups, g0, g1):
     """Per call, from one row x (in,), for row-groups g0 .. g1: T (sign bytes, 256): T[b, byte] = Σ of the
@@ -782,13 +893,7 @@ def _tables(x, groups, g0, g1):
         col, w, b0, b1 = groups[g, 0], groups[g, 1], groups[g, 2], groups[g, 3]
         for j in range(w):
             X[g - g0] += x[col + j]
-        for b in range(b0, b1):
-            for t in range(8):                       # doubling: the entries with bit t set = those below + x_t
-                j = 8 * (b - b0) + t
-                xv = x[col + j] if j < w else np.float32(0)
-                h = 1 << t
-                for i in range(h):
-                    T[b - base, h + i] = T[b - base, i] + xv
+        _fill_tables(x, col, w, b1 - b0, T, b0 - base)
     return T, X
 
 
@@ -878,7 +983,7 @@ def numba_matmul(x: torch.Tensor, lay: dict, ir: bool | None = None) -> torch.Te
 
 
 # -----------------------------------------------------------------------------
-# CPU: numba, version 2 (the columns layout)
+# numba (CPU), version 2 (the columns layout): the same product for `dequantize_columns`' weights
 #
 # With the salient columns shared by a block of rows, the product of row r (in row-block b) with x splits, per
 # row-group g of original columns, into sums that need no gather per weight:
@@ -925,36 +1030,20 @@ class ColumnsLayout:
         return sum(getattr(self, f).nbytes for f in ("signs", "codes", "const", "salient", "sal_at", "colscale"))
 
 
-def by_blocks(a: torch.Tensor, R: int) -> np.ndarray:
-    """(out, ...) -> (ceil(out/R), ..., R): each row-block's rows along the last axis, zero rows padding."""
-    blocks = -(-a.shape[0] // R)
-    a = torch.cat([a, a.new_zeros(blocks * R - a.shape[0], *a.shape[1:])])
-    return np.ascontiguousarray(a.reshape(blocks, R, *a.shape[1:]).movedim(1, -1).numpy())
-
-
 def columns_cpu_layout(tensors: dict, spec: dict) -> ColumnsLayout:
     """Repack a columns-layout linear (the file's tensors, checked) for the numba kernels."""
-    check_columns_spec(spec, tensors)
+    codes, mask, mu, alpha, scale, zero, colscale = unpack_columns(tensors, spec)   # k columns a row-block: checked
     out, n_in = spec["shape"]
     k, G, R = spec["k"], spec["group_size"], spec["block_rows"]
     widths = group_widths(n_in, G)
-    salient = salient_columns(tensors, spec)                                 # (out, in), k per row: checked
-    plus = torch.zeros(out, n_in, dtype=torch.uint8)                         # s = +1, over all columns
-    plus[~salient] = unpack_bits(tensors["signs"], 1, n_in - k).flatten().to(torch.uint8)
-    sign_bytes = [bit_bytes(w, 1) for w in widths]
-    sign_at = np.concatenate([[0], np.cumsum(sign_bytes)])
     first = np.arange(len(widths)) * G
-    signs = torch.zeros(out, int(sign_at[-1]), dtype=torch.uint8)            # each row-group from a new byte
-    for g, w in enumerate(widths):
-        bits = torch.zeros(out, 8 * sign_bytes[g], dtype=torch.int32)
-        bits[:, :w] = plus[:, first[g]:first[g] + w].int()
-        signs[:, sign_at[g]:sign_at[g + 1]] = (bits.view(out, -1, 8) << torch.arange(8)).sum(-1).to(torch.uint8)
-    blocks = unpack_bits(tensors["columns"], 1, n_in).bool()                 # (row-blocks, in)
-    cols = torch.stack([m.nonzero()[:, 0] for m in blocks]).numpy()          # (row-blocks, k), ascending
-    mu, alpha, scale, zero = columns_params(tensors, spec)
-    colscale = tensors["colscale"].float() if spec.get("column_scale") else torch.ones(n_in)
+    plus = (codes == 1) & ~mask                                              # s = +1, over all columns
+    signs = torch.cat([pack_bits(plus[:, c:c + w], 1) for c, w in zip(first, widths)], 1)   # each row-group: new byte
+    sign_at = np.concatenate([[0], np.cumsum([bit_bytes(w, 1) for w in widths])])
+    cols = torch.stack([m.nonzero()[:, 0] for m in mask[::R]]).numpy()       # (row-blocks, k), ascending
+    colscale = torch.ones(n_in) if colscale is None else colscale
     return ColumnsLayout(
-        signs=by_blocks(signs, R), codes=by_blocks(unpack_bits(tensors["high"], spec["high_bits"], k), R).astype(np.uint8),
+        signs=by_blocks(signs, R), codes=by_blocks(codes[mask].reshape(out, k).to(torch.uint8), R),
         const=by_blocks(torch.stack([alpha, mu, scale, scale * zero], -1), R), salient=cols.astype(np.int64),
         sal_at=np.stack([np.searchsorted(c, np.append(first, n_in)) for c in cols]).astype(np.int64),
         groups=np.stack([first, widths, sign_at[:-1], sign_at[1:]], 1).astype(np.int64),
@@ -971,13 +1060,7 @@ def _columns_tables(xc, groups, g0, g1):
     for g in numba.prange(g0, g1):
         col, w, p0, p1 = groups[g, 0], groups[g, 1], groups[g, 2], groups[g, 3]
         for m in range(M):
-            for p in range(p0, p1):
-                for t in range(8):                 # doubling: the entries with bit t set = those below + x_t
-                    j = 8 * (p - p0) + t
-                    xv = xc[m, col + j] if j < w else np.float32(0)
-                    h = 1 << t
-                    for i in range(h):
-                        T[m, p - base, h + i] = T[m, p - base, i] + xv
+            _fill_tables(xc[m], col, w, p1 - p0, T[m], p0 - base)
     return T
 
 
@@ -1079,15 +1162,16 @@ def columns_matmul(x: torch.Tensor, lay: ColumnsLayout) -> torch.Tensor:
 
 
 # -----------------------------------------------------------------------------
-# CUDA: Triton
+# 3. Triton (GPU): y = x @ Wᵀ as `reference_matmul` computes it, from the file's own bytes
 #
 # On the GPU the file's own layout is read as it is: batch-1 decoding is memory-bound, and the trits are the
 # fewest bytes (2.9 bits/weight in all for the default preset). A program owns BLOCK_N output channels and walks
 # their row-groups; for each it reads BLOCK_N × ceil(w/5) state bytes, BLOCK_N × ceil(k·hb/8) code bytes and
 # 6 bytes of constants per row, decodes the (BLOCK_N, 128) tile in registers — the base-3 digit of every
 # weight, and for a salient weight its rank among the salient ones of its row (a cumulative sum), which is the
-# index of its code — and multiplies. Batch ≤ 8: broadcast-multiply and reduce (no tensor cores: the product
-# is a matrix-vector one); larger batches: tl.dot on (BLOCK_M, 128) × (128, BLOCK_N) tiles.
+# index of its code — into the weights `dequantize` makes (`binary_weights`, `grid_weights`, in registers), and
+# multiplies. Batch ≤ 8: broadcast-multiply and reduce (no tensor cores: the product is a matrix-vector one);
+# larger batches: tl.dot on (BLOCK_M, 128) × (128, BLOCK_N) tiles.
 
 if triton is not None:
     @triton.jit
@@ -1126,7 +1210,7 @@ if triton is not None:
             if LAYOUT != 2:
                 mu = tl.load(binary_ptr + (rows * n_groups + g) * 2, mask=row_ok, other=0).to(tl.float32)
                 alpha = tl.load(binary_ptr + (rows * n_groups + g) * 2 + 1, mask=row_ok, other=0).to(tl.float32)
-                w = tl.where(plus, mu[:, None] + alpha[:, None], mu[:, None] - alpha[:, None])
+                w = tl.where(plus, mu[:, None] + alpha[:, None], mu[:, None] - alpha[:, None])   # binary_weights
             if LAYOUT != 1:
                 rank = tl.cumsum(salient.to(tl.int32), axis=1) - 1         # the i-th salient weight has code i
                 bit = rank * HB
@@ -1138,7 +1222,7 @@ if triton is not None:
                 code = (code >> (bit % 8)) & ((1 << HB) - 1)
                 scale = tl.load(scale_ptr + rows * n_groups + g, mask=row_ok, other=0).to(tl.float32)
                 zero = tl.load(zero_ptr + rows * n_groups + g, mask=row_ok, other=0).to(tl.float32)
-                w = tl.where(salient, scale[:, None] * (code.to(tl.float32) - zero[:, None]), w)
+                w = tl.where(salient, scale[:, None] * (code.to(tl.float32) - zero[:, None]), w)   # grid_weights
             w = tl.where(inside, w, 0.0)
             xg = tl.load(x_ptr + ms[:, None] * stride_xm + col + j[None, :],
                          mask=m_ok[:, None] & (j < width)[None, :], other=0.0).to(tl.float32)
@@ -1337,7 +1421,7 @@ def triton_matmul_columns(x: torch.Tensor, tensors: dict, spec: dict, table: tor
     groups_per_split = triton.cdiv(ng, splits)
     splits = triton.cdiv(ng, groups_per_split)                 # no empty range
     part = torch.empty(splits, M, out, dtype=torch.float32, device=x.device)
-    unit = 2.0 ** spec.get("unit_exp", 0) if spec["scales"] == "fp8" else 1.0
+    unit = scale_unit(spec)
     colscale = tensors.get("colscale", table)                  # any tensor will do for a pointer never read
     grid = (row_tiles, splits, m_tiles)
     _columns_kernel[grid](
@@ -1351,317 +1435,3 @@ def triton_matmul_columns(x: torch.Tensor, tensors: dict, spec: dict, table: tor
     y = part[0] if splits == 1 else part.sum(0)
     return y.to(x.dtype).reshape(*x.shape[:-1], out)
 
-
-# -----------------------------------------------------------------------------
-# Benchmark: python kernels.py --bench [--json]
-
-BENCH_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008),              # LLaMA-2-7B: q/k/v/o, gate/up, down
-                (576, 576), (192, 576), (1536, 576), (576, 1536)]         # SmolLM2-135M: q/o, k/v, gate/up, down
-BENCH_BATCHES = (1, 4, 16)
-ROTATE_BYTES = 256 << 20   # weight copies rotated per measurement: at least this many bytes, so caches can't hold them
-
-
-def random_bytes(out: int, n_in: int, salient: float = 0.2, high_bits: int = 4, group_size: int = 128, seed=0):
-    """The default preset's packed tensors filled with random bytes: for timing only (a row-group's salient
-    count is not kept exact; the Triton kernel's work does not depend on it)."""
-    g = torch.Generator().manual_seed(seed)
-    ks = [math.floor(salient * w + 0.5) for w in group_widths(n_in, group_size)]
-    spec = dict(shape=[out, n_in], group_size=group_size, high_bits=high_bits, layout="trits", k=ks)
-    t = {name: torch.randint(0, 243 if name == "trits" else 256, shape, generator=g, dtype=dtype)
-         if dtype == torch.uint8 else (torch.rand(shape, generator=g) * 0.01).to(dtype)
-         for name, (shape, dtype) in expected_shapes(spec).items()}
-    return t, spec
-
-
-def random_columns_bytes(out: int, n_in: int, salient: float = 0.2, high_bits: int = 4, group_size: int = 128,
-                         block_rows: int = 32, seed=0):
-    """The default preset's version-2 tensors, random but valid (each row-block marks exactly k columns; fp8
-    scales with column scales): for timing."""
-    g = torch.Generator().manual_seed(seed)
-    k = math.floor(salient * n_in + 0.5)
-    spec = dict(shape=[out, n_in], group_size=group_size, high_bits=high_bits, layout=COLUMNS, k=k,
-                block_rows=block_rows, scales="fp8", column_scale=True, unit_exp=-8)
-    shapes = expected_columns_shapes(spec)
-    t = {name: torch.randint(0, 256, shape, generator=g, dtype=dtype) if dtype == torch.uint8
-         else (torch.rand(shape, generator=g) * 64 + 1).to(dtype) for name, (shape, dtype) in shapes.items()}
-    marks = torch.zeros(column_blocks(spec), 8 * shapes["columns"][0][1], dtype=torch.int32)
-    for b in range(len(marks)):
-        marks[b, torch.randperm(n_in, generator=g)[:k]] = 1
-    t["columns"] = (marks.view(len(marks), -1, 8) << torch.arange(8)).sum(-1).to(torch.uint8)
-    return t, spec
-
-
-def random_cpu_layout(out: int, n_in: int, salient: float = 0.2, high_bits: int = 4, group_size: int = 128, seed=0):
-    """What cpu_layout makes of a random linear of the default preset, built directly (for timing)."""
-    rng = np.random.default_rng(seed)
-    widths = group_widths(n_in, group_size)
-    ks = [math.floor(salient * w + 0.5) for w in widths]
-    pos_bits = max(1, (group_size - 1).bit_length())
-    sal = [np.sort(rng.integers(0, w, (out, k)), 1) | (rng.integers(0, 2 ** high_bits, (out, k)) << pos_bits)
-           for w, k in zip(widths, ks)]
-    nsign = [bit_bytes(w, 1) for w in widths]
-    groups = np.array([[g * group_size, w, sum(nsign[:g]), sum(nsign[:g + 1]), sum(ks[:g]), k]
-                       for g, (w, k) in enumerate(zip(widths, ks))], dtype=np.int64)
-    return dict(signs=interleave(torch.from_numpy(rng.integers(0, 256, (out, sum(nsign)), dtype=np.uint8))),
-                sal=interleave(torch.from_numpy(np.concatenate(sal, 1).astype(np.int32))).astype(np.uint16),
-                const=interleave(torch.from_numpy(rng.standard_normal((out, len(widths), 4), dtype=np.float32))),
-                groups=groups, pos_bits=pos_bits, n_codes=1 << high_bits, shape=(out, n_in))
-
-
-def random_columns_layout(out: int, n_in: int, salient: float = 0.2, group_size: int = 128, block_rows: int = 32,
-                          seed=0) -> ColumnsLayout:
-    """What columns_cpu_layout makes of a random linear of the default preset, built directly (for timing)."""
-    rng = np.random.default_rng(seed)
-    widths = group_widths(n_in, group_size)
-    k = math.floor(salient * n_in + 0.5)
-    blocks = -(-out // block_rows)
-    cols = np.sort(np.stack([rng.permutation(n_in)[:k] for _ in range(blocks)]), 1).astype(np.int64)
-    first = np.arange(len(widths)) * group_size
-    sign_at = np.concatenate([[0], np.cumsum([bit_bytes(w, 1) for w in widths])])
-    return ColumnsLayout(
-        signs=rng.integers(0, 256, (blocks, sign_at[-1], block_rows), dtype=np.uint8),
-        codes=rng.integers(0, 16, (blocks, k, block_rows), dtype=np.uint8),
-        const=rng.standard_normal((blocks, len(widths), 4, block_rows), dtype=np.float32), salient=cols,
-        sal_at=np.stack([np.searchsorted(c, np.append(first, n_in)) for c in cols]).astype(np.int64),
-        groups=np.stack([first, widths, sign_at[:-1], sign_at[1:]], 1).astype(np.int64),
-        colscale=rng.random(n_in, dtype=np.float32) + 0.5, shape=(out, n_in))
-
-
-def layout_bytes(lay) -> int:
-    """Bytes a product reads of a CPU layout (version 1's dict, or a ColumnsLayout)."""
-    if isinstance(lay, ColumnsLayout):
-        return lay.nbytes()
-    return sum(v.nbytes for v in lay.values() if isinstance(v, np.ndarray) and v is not lay["groups"])
-
-
-def _median_ms(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * sorted(times)[len(times) // 2]
-
-
-def copy_gbps(nbytes: int = ROTATE_BYTES, reps: int = 5) -> float:
-    """This machine's memory bandwidth as a copy of `nbytes` reaches it: GB/s read (a copy reads and writes each
-    byte once; the figure counts the reads, what a matmul's weights cost)."""
-    src = torch.ones(nbytes // 4)
-    dst = torch.empty_like(src)
-    ms = _median_ms(lambda: dst.copy_(src), reps)
-    return nbytes / ms / 1e6
-
-
-def rotated(make, one_bytes: int) -> list:
-    """Enough copies of a weight that cycling through them reads at least ROTATE_BYTES: no cache holds them."""
-    return [make(i) for i in range(max(2, min(64, -(-ROTATE_BYTES // one_bytes))))]
-
-
-def _cpu_weights(out, n_in) -> dict:
-    """Rotated copies of one shape's weights in every form the CPU benchmark times."""
-    return {"fp32": rotated(lambda i: torch.randn(out, n_in), 4 * out * n_in),
-            "bf16": rotated(lambda i: torch.randn(out, n_in).bfloat16(), 2 * out * n_in),
-            "v1": rotated(lambda i: random_cpu_layout(out, n_in, seed=i), layout_bytes(random_cpu_layout(out, n_in))),
-            "v2": rotated(lambda i: random_columns_layout(out, n_in, seed=i),
-                          layout_bytes(random_columns_layout(out, n_in)))}
-
-
-def _bench_cpu(w: dict, batch: int, reps: int):
-    """Medians (ms) of dense fp32, dense bf16, version 1 (IR loops), version 1 (plain twins), version 2, each
-    measured in turn, five rounds, over rotated copies of its weights (`_cpu_weights`)."""
-    n_in = w["fp32"][0].shape[1]
-    x = torch.randn(batch, n_in)
-    xb = x.bfloat16()
-    calls = {"fp32": lambda i: x @ w["fp32"][i % len(w["fp32"])].T,
-             "bf16": lambda i: xb @ w["bf16"][i % len(w["bf16"])].T,
-             "v1": lambda i: numba_matmul(x, w["v1"][i % len(w["v1"])], ir=True),
-             "v1-plain": lambda i: numba_matmul(x, w["v1"][i % len(w["v1"])], ir=False),
-             "v2": lambda i: columns_matmul(x, w["v2"][i % len(w["v2"])])}
-    for call in calls.values():
-        call(0)                                                   # compile (or load from numba's cache)
-    ms = {name: [] for name in calls}
-    for _ in range(5):                                            # in turn, so that all see the same machine
-        for name, call in calls.items():
-            it = iter(range(1 << 30))
-            ms[name].append(_median_ms(lambda: call(next(it)), reps))
-    return {name: sorted(v)[2] for name, v in ms.items()}, {"v1": layout_bytes(w["v1"][0]),
-                                                           "v2": layout_bytes(w["v2"][0])}
-
-
-def _bench_cuda(shape, batch, reps):
-    out, n_in = shape
-    dense_copies = max(2, min(64, -(-ROTATE_BYTES // (2 * out * n_in))))
-    dense = [torch.randn(out, n_in, device="cuda", dtype=torch.float16) for _ in range(dense_copies)]
-    t, spec = random_bytes(out, n_in)
-    kbytes = sum(v.nbytes for v in t.values())
-    packs = [({n: v.cuda() for n, v in random_bytes(out, n_in, seed=i)[0].items()}, spec, group_table(spec).cuda())
-             for i in range(max(2, min(64, -(-ROTATE_BYTES // kbytes))))]
-    t2, spec2 = random_columns_bytes(out, n_in)
-    kbytes2 = sum(v.nbytes for v in t2.values())
-    packs2 = []
-    for i in range(max(2, min(64, -(-ROTATE_BYTES // kbytes2)))):
-        t2 = {n: v.cuda() for n, v in random_columns_bytes(out, n_in, seed=i)[0].items()}
-        packs2.append((t2, spec2, columns_gpu_table(t2, spec2)))
-    x = torch.randn(batch, n_in, device="cuda", dtype=torch.float16)
-    triton_matmul(x, *packs[0])                                   # compile
-    triton_matmul_columns(x, *packs2[0])
-
-    def timed(calls):  # ms per call: `reps` calls between two events (a sync per call would cost more than them)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for i in range(reps):
-            calls(i)
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / reps
-    ms = {"fp16": [], "v1": [], "v2": []}
-    for _ in range(7):
-        ms["fp16"].append(timed(lambda i: x @ dense[i % len(dense)].T))
-        ms["v1"].append(timed(lambda i: triton_matmul(x, *packs[i % len(packs)])))
-        ms["v2"].append(timed(lambda i: triton_matmul_columns(x, *packs2[i % len(packs2)])))
-    return {name: sorted(v)[3] for name, v in ms.items()}, {"v1": kbytes, "v2": kbytes2}
-
-
-def bench(as_json: bool, backend: str, reps: int, shapes=BENCH_SHAPES, batches=BENCH_BATCHES) -> list:
-    """One row per shape, batch and packed layout: its time, the dense product's, the speedup over dense fp32
-    (fp16 on CUDA), the bytes it reads and the GB/s that makes."""
-    rows = []
-    dense = "fp16" if backend == "triton" else "fp32"
-    if not as_json:
-        print(f"{'backend':8} {'layout':8} {'shape':>11} {'batch':>5} {dense + ' ms':>9} {'bf16 ms':>8} "
-              f"{'kernel ms':>9} {'speedup':>7} {'MB read':>7} {'GB/s':>6}")
-    for out, n_in in shapes:
-        weights = (out, n_in) if backend == "triton" else _cpu_weights(out, n_in)
-        for batch in batches:
-            run = _bench_cuda if backend == "triton" else _bench_cpu
-            ms, nbytes = run(weights, batch, reps)
-            for layout in [k for k in ms if k.startswith("v")]:
-                kbytes = nbytes[layout[:2]]
-                row = dict(backend=backend, layout=layout, shape=f"{out}x{n_in}", batch=batch,
-                           dense_ms=round(ms[dense], 4), bf16_ms=round(ms["bf16"], 4) if "bf16" in ms else None,
-                           kernel_ms=round(ms[layout], 4), speedup=round(ms[dense] / ms[layout], 3),
-                           bytes=kbytes, gbps=round(kbytes / ms[layout] / 1e6, 2))
-                rows.append(row)
-                if not as_json:
-                    bf = f"{row['bf16_ms']:8.3f}" if row["bf16_ms"] is not None else f"{'':8}"
-                    print(f"{backend:8} {layout:8} {row['shape']:>11} {batch:5d} {ms[dense]:9.3f} {bf} "
-                          f"{ms[layout]:9.3f} {row['speedup']:7.2f} {kbytes / 1e6:7.2f} {row['gbps']:6.1f}",
-                          flush=True)
-    return rows
-
-
-def decode_bench(files: dict, rounds: int = 3, tokens: int = 64) -> dict:
-    """Greedy decoding of the embedded model for each checkpoint of `files` (name -> path; None: full
-    precision), all loaded in this process and timed in turn, `rounds` times: the median tokens/s over
-    `tokens` decode steps (EOS does not stop them: every model does the same work), where a step's time goes
-    (ms: the block linears, the output head, everything else), and whether each packed file picks the same
-    first 8 tokens through the reference path."""
-    import model as llama
-
-    @torch.inference_mode()
-    def greedy(m, spent=None, steps=tokens):
-        m.setup_cache(1, 4 + steps)
-        logits = m(torch.tensor([[504, 3575, 282, 4649, 314]]))[0, -1]     # "The capital of France is"
-        if spent is not None:
-            spent[0] = 0.0                                   # (the prefill does not count)
-        ids, t0 = [], time.perf_counter()
-        for pos in range(5, 4 + steps):
-            ids.append(int(logits.argmax()))
-            logits = m(torch.tensor([[ids[-1]]]), start=pos)[0, -1]
-        dt = time.perf_counter() - t0
-        m.setup_cache(None, 0)
-        return ids, (steps - 1) / dt
-    models = {name: llama.load_checkpoint(path) for name, path in files.items()}
-    speeds = {name: [] for name in files}
-    ids = {}
-    for _ in range(rounds):
-        for name, m in models.items():
-            ids[name], speed = greedy(m)
-            speeds[name].append(speed)
-    result = {f"{name}_tok_s": round(sorted(v)[len(v) // 2], 2) for name, v in speeds.items()}
-    for name, m in models.items():
-        spent = [0.0]                                        # seconds in the block linears, by forward hooks
-        hooks = []
-        for mod_name, mod in m.named_modules():
-            if mod_name.startswith("layers.") and isinstance(mod, (torch.nn.Linear, llama.QuantLinear)):
-                hooks.append(mod.register_forward_pre_hook(lambda mod, x: setattr(mod, "_t0", time.perf_counter())))
-                hooks.append(mod.register_forward_hook(
-                    lambda mod, x, y: spent.__setitem__(0, spent[0] + time.perf_counter() - mod._t0)))
-        _, speed = greedy(m, spent)
-        for h in hooks:
-            h.remove()
-        m.setup_cache(1, 1)                                   # the head as a decode step runs it, timed alone
-        h = torch.randn(1, 1, m.args.dim)
-        head_ms = _median_ms(lambda: torch.nn.functional.linear(h.half(), m.decode_head), 21)
-        m.setup_cache(None, 0)
-        step, linears = 1e3 / speed, 1e3 * spent[0] / (tokens - 1)
-        result[f"{name}_ms_per_step"] = {"total": round(step, 2), "linears": round(linears, 2),
-                                         "head": round(head_ms, 2), "rest": round(step - linears - head_ms, 2)}
-        if files[name] is not None:                          # the reference path unpacks every weight at every
-            llama.set_backend(m, "reference")                # step (~4 s here): the first 8 tokens
-            result[f"{name}_same_tokens_as_reference"] = greedy(m, steps=9)[0] == ids[name][:8]
-    return result
-
-
-def asm_census() -> dict:
-    """Vector instructions in the numba kernels' machine code (recompiled without the cache, which hides it)."""
-    lay = random_cpu_layout(40, 200)
-    x = np.random.default_rng(0).standard_normal(200).astype(np.float32)
-    ng = len(lay["groups"])
-    tables = _tables(x, lay["groups"], 0, ng)
-    lists = lay["signs"], lay["sal"], lay["const"], lay["groups"], lay["pos_bits"]
-    census = {}
-    for fn, args in ((_tables, (x, lay["groups"], 0, ng)),
-                     (_gemv, (x, *tables, 0, ng, *lists, np.zeros(lay["signs"].shape[0] * LANES, np.float32), True)),
-                     (_decode_tile, (*lists, 0, np.empty((200, 3 * LANES), np.float32), True))):
-        fresh = numba.njit(parallel=True, fastmath=True)(fn.py_func)
-        fresh(*args)
-        asm = fresh.inspect_asm(fresh.signatures[0])
-        census[fn.__name__] = {reg: asm.count(reg) for reg in ("zmm", "ymm", "xmm", "vgatherdps", "vgatherq")}
-    return census
-
-
-if __name__ == "__main__":
-    import argparse
-    import json
-    import sys
-    from pathlib import Path
-    p = argparse.ArgumentParser(description="Benchmark the mixed 1/4-bit matmul against the dense one it replaces.")
-    p.add_argument("--bench", action="store_true", help="time the kernels on LLaMA-2-7B and SmolLM2 shapes")
-    p.add_argument("--json", action="store_true", help="last stdout line: {\"rows\": [...], \"decode\": {...}}")
-    p.add_argument("--backend", default=None, choices=["numba", "triton"], help="default: triton on CUDA, else numba")
-    p.add_argument("--reps", type=int, default=50, help="calls per timing; each figure is the median of 5-7")
-    p.add_argument("--shapes", default=None, help="e.g. 11008x4096,576x576 (default: all)")
-    p.add_argument("--decode", default="out/rows/paper.safetensors,out/rows/squeeze10.safetensors",
-                   help="version-1 and version-2 packed files of the embedded model for the decode tokens/s rows "
-                        "(python eval.py --reproduce paper squeeze10 makes them; '' to skip)")
-    p.add_argument("--asm", action="store_true", help="count vector instructions in the numba kernels")
-    a = p.parse_args()
-    if a.asm:
-        print(json.dumps(asm_census()))
-    if not a.bench:
-        sys.exit(0 if a.asm else p.print_usage() or 2)
-    backend = a.backend or ("triton" if torch.cuda.is_available() else "numba")
-    if backend == "triton" and not (torch.cuda.is_available() and triton is not None):
-        sys.exit("error: --backend triton needs a CUDA GPU and the triton package")
-    try:
-        shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes else BENCH_SHAPES
-    except ValueError:
-        sys.exit(f"error: --shapes {a.shapes!r}: expected OUTxIN[,OUTxIN...]")
-    copy = round(copy_gbps(), 2)
-    if not a.json:
-        print(f"memory: a copy reads {copy:.1f} GB/s on this machine")
-    rows = bench(a.json, backend, a.reps, shapes)
-    decode = {}
-    if a.decode:
-        files = {"fp": None}
-        for name, path in zip(("v1", "v2"), a.decode.split(",")):
-            if Path(path).exists():
-                files[name] = path
-            else:
-                print(f"(decode row {name} skipped: {path} does not exist)")
-        decode = decode_bench(files)
-        if not a.json:
-            print("decode, embedded model, 64 tokens: " + ", ".join(f"{k}: {v}" for k, v in decode.items()))
-    if a.json:
-        print(json.dumps({"rows": rows, "decode": decode, "copy_gbps": copy}))

@@ -1,13 +1,12 @@
-"""The mixed 1/4-bit matmul: every backend against a float64 dense product, QuantLinear, packed models.
+"""The packed format and the mixed 1/4-bit matmul: pack/unpack round trips, the dequantization arithmetic, every
+backend against a float64 dense product, QuantLinear, packed models, the benchmark's plumbing.
 
-Random packed linears are written with squeeze10.py's packers (exact salient counts), independently of the
-readers under test. The Triton kernel runs here under TRITON_INTERPRET=1 (set in conftest.py).
+Random packed linears are written with kernels.pack_bits/pack_trits (exact salient counts), independently of
+the readers under test. The Triton kernel runs here under TRITON_INTERPRET=1 (set in conftest.py).
 """
 import json
-import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ import kernels
 import model as llama
 import squeeze10 as sq
 from conftest import ROOT, TINY, write_gguf
+from tools import bench
 
 LAYOUTS = [("trits", 4), ("trits", 8), ("trits", 3), ("signs", 1), ("grid", 2), ("grid", 5)]
 SHAPES = [(40, 200), (33, 576), (17, 128)]          # in = 200, 576: the last row-group is narrower (72, 64)
@@ -26,17 +26,17 @@ SHAPES = [(40, 200), (33, 576), (17, 128)]          # in = 200, 576: the last ro
 def random_linear(out, n_in, layout="trits", high_bits=4, salient=0.2, group_size=128, seed=0):
     g = torch.Generator().manual_seed(seed)
     widths = kernels.group_widths(n_in, group_size)
-    ks = [0 if layout == "signs" else w if layout == "grid" else math.floor(salient * w + 0.5) for w in widths]
+    ks = [0 if layout == "signs" else w if layout == "grid" else kernels.salient_count(salient, w) for w in widths]
     states, high = [], []
     for w, k in zip(widths, ks):
         salient_mask = torch.rand(out, w, generator=g).argsort(1) < k
         sign = torch.randint(0, 2, (out, w), generator=g)
         if layout == "trits":
-            states.append(sq.pack_trits(torch.where(salient_mask, 2, sign)))
+            states.append(kernels.pack_trits(torch.where(salient_mask, 2, sign)))
         elif layout == "signs":
-            states.append(sq.pack_bits(sign, 1))
+            states.append(kernels.pack_bits(sign, 1))
         if k:
-            high.append(sq.pack_bits(torch.randint(0, 2 ** high_bits, (out, k), generator=g), high_bits))
+            high.append(kernels.pack_bits(torch.randint(0, 2 ** high_bits, (out, k), generator=g), high_bits))
     ng = len(widths)
     t = {}
     if layout != "grid":
@@ -65,6 +65,35 @@ def backend_matmul(backend, x, t, spec):
 
 
 # -----------------------------------------------------------------------------
+# the packed format and the dequantization arithmetic
+
+@pytest.mark.parametrize("layout,high_bits", LAYOUTS)
+def test_packing_what_unpack_groups_returns_gives_the_same_bytes(layout, high_bits):
+    for i, (out, n_in) in enumerate(SHAPES):
+        t, spec = random_linear(out, n_in, layout, high_bits, seed=i)
+        codes, mask, mu, alpha, scale, zero = kernels.unpack_groups(t, spec)
+        assert codes.shape == mask.shape == (out, n_in) and mu.shape == (out, len(kernels.group_widths(n_in, 128)))
+        again = kernels.pack_groups(spec, codes, mask, mu, alpha, scale, zero)
+        assert set(again) == set(t) and all(torch.equal(again[name], t[name]) for name in t), (layout, out, n_in)
+
+
+def test_the_dequantization_arithmetic_by_hand():
+    assert kernels.grid_weights(torch.tensor([3.0, 0.0]), torch.tensor(0.5), torch.tensor(1.0)).tolist() == [1.0, -0.5]
+    plus, mu, alpha = torch.tensor([True, False]), torch.tensor(0.25), torch.tensor(0.5)
+    assert kernels.binary_weights(plus, mu, alpha).tolist() == [0.75, -0.25]
+    assert kernels.binary_weights(plus, mu, alpha, torch.tensor([2.0, 1.0])).tolist() == [1.25, -0.25]
+    assert [kernels.salient_count(0.2, w) for w in (128, 72, 64)] == [26, 14, 13]
+    assert kernels.salient_count(0.5, 5) == 3                          # half rounds up
+
+
+def test_the_lookup_table_identity_gives_the_signed_sums():
+    x = torch.randn(203, generator=torch.Generator().manual_seed(0))   # 203: the last byte holds 3 activations
+    plus = torch.rand(7, 203, generator=torch.Generator().manual_seed(1)) < 0.5
+    dense = torch.where(plus, 1.0, -1.0).double() @ x.double()
+    assert torch.allclose(kernels.lookup_signed_sums(x, plus).double(), dense, atol=1e-4)
+
+
+# -----------------------------------------------------------------------------
 # the kernels against float64
 
 @pytest.mark.parametrize("layout,high_bits", LAYOUTS)
@@ -84,7 +113,7 @@ def test_every_backend_matches_a_float64_dense_product(backend, layout, high_bit
 def test_a_hand_computed_product():
     # one row-group of 5: states (salient, +, -, -, +); salient code 3 on scale 0.5, zero 1 -> 1.0;
     # μ = 0.25, α = 0.5 -> + is 0.75, - is -0.25.  W = [1, 0.75, -0.25, -0.25, 0.75], x = [1, 2, 3, 4, 5]
-    t = dict(trits=sq.pack_trits(torch.tensor([[2, 1, 0, 0, 1]])), high=sq.pack_bits(torch.tensor([[3]]), 4),
+    t = dict(trits=kernels.pack_trits(torch.tensor([[2, 1, 0, 0, 1]])), high=kernels.pack_bits(torch.tensor([[3]]), 4),
              binary=torch.tensor([[[0.25, 0.5]]]).half(), scale=torch.tensor([[0.5]]).half(),
              zero=torch.tensor([[1]], dtype=torch.uint8))
     spec = dict(shape=[1, 5], group_size=5, high_bits=4, layout="trits", k=[1])
@@ -119,8 +148,6 @@ def test_the_table_kernel_in_several_chunks_of_row_groups_matches_too():
         assert rel_err(y, x.double() @ kernels.dequantize(t, spec).double().T) < 1e-5, chunk
 
 
-@pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else True,
-                    reason="vector gathers need AVX2 (x86)")
 def has_avx512() -> bool:
     try:
         return " avx512f" in open("/proc/cpuinfo").read()
@@ -128,10 +155,11 @@ def has_avx512() -> bool:
         return False
 
 
-@pytest.mark.skipif(not has_avx512(), reason="LLVM emits the 16-wide gathers on AVX-512 CPUs; on AVX2-only ones "
-                    "(such as this project's CI machines) its cost model scalarizes them, which the results tests cover")
+@pytest.mark.skipif(not has_avx512(), reason="LLVM emits the 16-wide gathers on AVX-512 CPUs; on AVX2-only "
+                    "ones (such as this project's CI machines) its cost model scalarizes them, which the results "
+                    "tests cover")
 def test_the_table_kernel_compiles_to_vector_gathers():
-    census = kernels.asm_census()
+    census = bench.asm_census()
     assert census["_gemv"]["vgatherdps"] >= 2          # the sign-table lookups and the salient activations
 
 
@@ -307,13 +335,13 @@ def test_bad_backend_or_generation_flags_give_one_line(argv, message, capsys):
 # the benchmark's plumbing (its numbers are measured by hand: README)
 
 def test_bench_json_has_the_documented_rows():
-    res = subprocess.run([sys.executable, str(ROOT / "kernels.py"), "--bench", "--json", "--shapes", "48x256",
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--json", "--shapes", "48x256",
                           "--reps", "2", "--decode", ""], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout.strip().splitlines()[-1])
     rows = result["rows"]
     layouts = ("v1", "v1-plain", "v2")
-    assert [(r["shape"], r["batch"], r["layout"]) for r in rows] == [("48x256", b, v) for b in kernels.BENCH_BATCHES
+    assert [(r["shape"], r["batch"], r["layout"]) for r in rows] == [("48x256", b, v) for b in bench.BENCH_BATCHES
                                                                      for v in layouts]
     assert result["copy_gbps"] > 0 and result["decode"] == {}
     for r in rows:
@@ -326,15 +354,15 @@ def test_bench_json_has_the_documented_rows():
 
 def test_random_cpu_layout_has_cpu_layouts_shapes():
     t, spec = random_linear(40, 200)
-    real, fake = kernels.cpu_layout(t, spec), kernels.random_cpu_layout(40, 200)
+    real, fake = kernels.cpu_layout(t, spec), bench.random_cpu_layout(40, 200)
     for key in ("signs", "sal", "const", "groups"):
         assert real[key].shape == fake[key].shape and real[key].dtype == fake[key].dtype, key
     assert np.array_equal(real["groups"], fake["groups"])
 
 
 def test_random_columns_layout_has_columns_cpu_layouts_shapes():
-    t, spec = kernels.random_columns_bytes(70, 300, block_rows=32)
-    real, fake = kernels.columns_cpu_layout(t, spec), kernels.random_columns_layout(70, 300, block_rows=32)
+    t, spec = bench.random_columns_bytes(70, 300, block_rows=32)
+    real, fake = kernels.columns_cpu_layout(t, spec), bench.random_columns_layout(70, 300, block_rows=32)
     for key in ("signs", "codes", "const", "salient", "sal_at", "groups", "colscale"):
         a, b = getattr(real, key), getattr(fake, key)
         assert a.shape == b.shape and a.dtype == b.dtype, key

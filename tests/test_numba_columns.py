@@ -16,6 +16,7 @@ import kernels
 import model as llama
 from test_kernels import write_packed
 from test_triton_columns import CONFIGS, random_columns_linear, rel_err
+from tools import bench
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (1, 3, kernels.COLUMNS_TABLE_BATCH, kernels.COLUMNS_TABLE_BATCH + 1, 17)   # tables, then tiles
@@ -58,7 +59,7 @@ def test_columns_numba_names_what_it_cannot_take():
 
 @pytest.mark.parametrize("shape", [(40, 200), (67, 300)])
 def test_the_ir_loops_and_their_plain_twins_give_the_same_bits(shape):
-    lay = kernels.random_cpu_layout(*shape)
+    lay = bench.random_cpu_layout(*shape)
     for M in (1, 3, 16):                                       # the table kernel, then the decoded tiles
         x = torch.randn(M, shape[1], generator=torch.Generator().manual_seed(M))
         assert torch.equal(kernels.numba_matmul(x, lay, ir=True), kernels.numba_matmul(x, lay, ir=False))

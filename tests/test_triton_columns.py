@@ -1,29 +1,38 @@
-"""The Triton kernel for version 2's "columns" layout against a float64 dense product.
+"""The Triton kernel for version 2's "columns" layout against a float64 dense product; pack_columns and
+unpack_columns against each other.
 
-Random version-2 linears are made as records (codes, mask shared by blocks of rows, parameters already rounded
-to their stored precision) and written by squeeze10.pack_columns, the real packer, so every row-block marks
-exactly k columns. The kernel runs here under TRITON_INTERPRET=1 (set in conftest.py); shapes are small
+Random version-2 linears are made as codes, a mask shared by blocks of rows and parameters already rounded to
+their stored precision, and written by kernels.pack_columns, the packer squeeze10.py uses, so every row-block
+marks exactly k columns. The kernel runs here under TRITON_INTERPRET=1 (set in conftest.py); shapes are small
 because the interpreter is slow.
 """
 import pytest
 import torch
 
 import kernels
-import squeeze10 as sq
 
-# out, in, group_size, block_rows (0: the whole layer), k, high_bits, scales, column_scale
+# out, in, group_size, block_rows (None: the whole layer), k, high_bits, scales, column_scale
 CONFIGS = [
     (70, 300, 128, 32, 60, 4, "fp16", False),    # R = 32 does not divide 70; last row-group 44 wide
     (70, 300, 24, 32, 61, 3, "fp8", True),       # 13 row-groups, the last 12 wide; k, in − k not multiples of 8
-    (70, 203, 64, 0, 37, 2, "fp8", False),       # R = out = 70; in not a multiple of 8
+    (70, 203, 64, None, 37, 2, "fp8", False),    # R = out = 70; in not a multiple of 8
     (33, 150, 128, 5, 29, 4, "fp16", True),      # small R: programs with idle rows
     (40, 130, 32, 32, 27, 3, "fp16", False),     # 3-bit codes and zeros straddling bytes, fp16
     (24, 90, 40, 8, 19, 8, "fp8", True),         # 8-bit codes; R = 8 divides out
     (20, 300, 256, 16, 55, 4, "fp8", True),      # a row-group of two 128-column chunks, then one of 44
 ]
+UNIT_EXP = -10                                   # fp8 parameters in units of 2^-10
 
 
-def random_columns_linear(out, n_in, group_size, block_rows, k, high_bits, scales, column_scale, seed=0):
+def stored(p: torch.Tensor, scales: str) -> torch.Tensor:
+    """p rounded to its stored precision: fp16, or fp8 e4m3 in units of 2^UNIT_EXP (float32 again)."""
+    if scales == "fp16":
+        return p.half().float()
+    return (p / 2.0 ** UNIT_EXP).to(torch.float8_e4m3fn).float() * 2.0 ** UNIT_EXP
+
+
+def random_record(out, n_in, group_size, block_rows, k, high_bits, scales, column_scale, seed=0):
+    """spec, and pack_columns' arguments: codes, mask, mu, alpha, scale, zero, colscale."""
     g = torch.Generator().manual_seed(seed)
     R = block_rows or out
     blocks = -(-out // R)
@@ -32,23 +41,27 @@ def random_columns_linear(out, n_in, group_size, block_rows, k, high_bits, scale
     signs = torch.randint(0, 2, (out, n_in), generator=g)
     grid = torch.randint(0, 2 ** high_bits, (out, n_in), generator=g)
     ng = len(kernels.group_widths(n_in, group_size))
-    unit = torch.full((out,), 2.0 ** -10) if scales == "fp8" else None
-    rounded_unit = None if unit is None else unit[:, None]
-    rec = dict(codes=torch.where(mask, grid, signs), mask=mask, group_size=group_size,
-               mu=sq.round_params(torch.randn(out, ng, generator=g) * 0.01, rounded_unit),
-               alpha=sq.round_params(torch.rand(out, ng, generator=g) * 0.05 + 1e-3, rounded_unit, positive=True),
-               scale=sq.round_params(torch.rand(out, ng, generator=g) * 0.01 + 1e-3, rounded_unit, positive=True),
-               zero=torch.randint(0, 2 ** high_bits, (out, ng), generator=g))
-    if unit is not None:
-        rec["unit"] = unit
+    mu = stored(torch.randn(out, ng, generator=g) * 0.01, scales)
+    alpha = stored(torch.rand(out, ng, generator=g) * 0.05 + 1e-3, scales)
+    scale = stored(torch.rand(out, ng, generator=g) * 0.01 + 1e-3, scales)
+    zero = torch.randint(0, 2 ** high_bits, (out, ng), generator=g)
+    spec = dict(shape=[out, n_in], group_size=group_size, high_bits=high_bits, layout=kernels.COLUMNS,
+                block_rows=R, k=k, scales=scales)
+    if scales == "fp8":
+        spec["unit_exp"] = UNIT_EXP
+    colscale = None
     if column_scale:
-        c = (0.5 + torch.rand(n_in, generator=g)).to(kernels.SCALE_DTYPES[scales]).float()
-        rec["colscale"] = c.expand(out, n_in)
-    s = sq.replace(sq.PRESETS["paper"], group_size=group_size, structure="columns", block_rows=block_rows,
-                   scales=scales, high_bits=high_bits, column_scale=column_scale)
-    tensors, spec = sq.pack_columns(rec, s)
-    assert spec["k"] == k and spec["block_rows"] == R
-    assert torch.equal(kernels.dequantize(tensors, spec), sq.record_weight(rec))   # the packing is what we meant
+        spec["column_scale"] = True
+        colscale = (0.5 + torch.rand(n_in, generator=g)).to(kernels.SCALE_DTYPES[scales]).float()
+    return spec, (torch.where(mask, grid, signs), mask, mu, alpha, scale, zero, colscale)
+
+
+def random_columns_linear(*config, seed=0):
+    spec, args = random_record(*config, seed=seed)
+    tensors = kernels.pack_columns(spec, *args)
+    codes, mask, mu, alpha, scale, zero, colscale = args
+    meant = kernels.dequantize_codes(codes, mask, mu, alpha, scale, zero, colscale, group_size=spec["group_size"])
+    assert torch.equal(kernels.dequantize(tensors, spec), meant)   # the packing is what we meant
     return tensors, spec
 
 
@@ -99,6 +112,14 @@ def test_batched_inputs_keep_their_leading_dimensions():
     y16 = kernels.triton_matmul_columns(x.half(), t, spec)                # y in x's dtype, summed in fp32
     ref16 = x.half().double() @ kernels.dequantize_columns(t, spec).double().T
     assert y16.dtype == torch.float16 and rel_err(y16, ref16) < 1e-3      # fp16's rounding of y
+
+
+@pytest.mark.parametrize("config", CONFIGS[:3])
+def test_unpack_columns_returns_what_pack_columns_was_given(config):
+    spec, args = random_record(*config)
+    back = kernels.unpack_columns(kernels.pack_columns(spec, *args), spec)
+    for name, given, got in zip(("codes", "mask", "mu", "alpha", "scale", "zero", "colscale"), args, back):
+        assert (given is None and got is None) or torch.equal(got, given.to(got.dtype)), name
 
 
 def test_bad_inputs_are_named_in_one_line():
