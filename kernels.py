@@ -258,6 +258,12 @@ def tensor_checksum(t: torch.Tensor) -> str:
     return hashlib.sha256(flat.view(torch.uint8).numpy()).hexdigest()
 
 
+def checksums(tensors: dict) -> dict:
+    """The metadata's record of every tensor's bytes, which the loader checks: any tensor of any layout, so
+    that a flipped bit anywhere in the file is found and named."""
+    return dict(algorithm=CHECKSUM, tensors={n: tensor_checksum(t) for n, t in sorted(tensors.items())})
+
+
 # -----------------------------------------------------------------------------
 # Bits and trits: each packer beside its unpacker
 

@@ -366,11 +366,6 @@ def gptq(W, U, salient, bits: int, group_size: int, unit=None, colscale=None, co
 # -----------------------------------------------------------------------------
 # 3. PBAR salience, and the salient sets it chooses
 
-def salient_count(width: int, salient: float) -> int:
-    """k = round(salient · width), halves rounded up (0.2 · 128 = 25.6 -> 26, 0.2 · 64 = 12.8 -> 13)."""
-    return int(math.floor(salient * width + 0.5))
-
-
 def binarize(W, group_size: int):
     """Each row-group's candidate binarization: μ + α·sign(w − μ), μ = mean(w), α = mean|w − μ| (w ≥ μ -> +)."""
     out = torch.empty_like(W)
@@ -400,7 +395,7 @@ def salient_mask(M, salient: float, group_size: int):
     mask = torch.zeros(M.shape, dtype=torch.bool, device=M.device)
     for g0 in range(0, M.shape[1], group_size):
         m = M[:, g0:g0 + group_size]
-        k = salient_count(m.shape[1], salient)
+        k = kernels.salient_count(salient, m.shape[1])
         if k:
             mask[:, g0:g0 + m.shape[1]].scatter_(1, m.topk(k, dim=1).indices, True)
     return mask
@@ -411,7 +406,7 @@ def column_mask(M, salient: float, block_rows: int | None):
     K = round(salient · in) input columns, those with the largest M summed over the block's rows."""
     out, n = M.shape
     R = block_rows or out
-    K = salient_count(n, salient)
+    K = kernels.salient_count(salient, n)
     mask = torch.zeros(M.shape, dtype=torch.bool, device=M.device)
     for r0 in range(0, out, R):
         score = M[r0:r0 + R].sum(0)                             # (in,): PBAR aggregated over the rows it serves
@@ -566,7 +561,7 @@ def pack(q: QuantizedLinear, s: Settings) -> tuple[dict, dict]:
             spec["column_scale"] = True
         tensors = kernels.pack_columns(spec, q.codes, q.salient, P.mu, P.alpha, P.scale, P.zero, q.colscale)
         return tensors, spec
-    ks = [0 if layout == "signs" else w if layout == "grid" else salient_count(w, s.salient)
+    ks = [0 if layout == "signs" else w if layout == "grid" else kernels.salient_count(s.salient, w)
           for w in kernels.group_widths(n, s.group_size)]
     spec["k"] = ks
     return kernels.pack_groups(spec, q.codes, q.salient, P.mu, P.alpha, P.scale, P.zero), spec
@@ -606,10 +601,8 @@ def packed_file(net, packed: dict, specs: dict, info: dict) -> tuple[dict, dict]
         for k, t in parts.items():
             tensors[f"{prefix}.{k}"] = t.contiguous()
     version = 2 if any(spec["layout"] == kernels.COLUMNS for spec in specs.values()) else 1   # v1 files as before
-    checksums = dict(algorithm=kernels.CHECKSUM,
-                     tensors={n: kernels.tensor_checksum(t) for n, t in sorted(tensors.items())})
     meta = dict(format=kernels.FORMAT, version=version, config=asdict(net.args), linears=specs,
-                checksums=checksums, **info)
+                checksums=kernels.checksums(tensors), **info)
     return tensors, {kernels.FORMAT: json.dumps(meta, sort_keys=True)}
 
 

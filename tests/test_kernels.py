@@ -257,7 +257,7 @@ def test_a_packed_file_with_damaged_states_gives_one_line(packed, tmp_path, caps
     trits = tensors["layers.1.feed_forward.w2.trits"]
     trits[0, 0] = 242 if trits[0, 0] != 242 else 0     # five weights' states changed: the salient count is off
     meta = json.loads(metadata["squeeze10"])
-    meta["checksums"] = sq.checksums(tensors)          # as a faulty writer would record them: the checksums agree
+    meta["checksums"] = kernels.checksums(tensors)          # as a faulty writer would record them: the checksums agree
     metadata["squeeze10"] = json.dumps(meta)
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
     assert ev.main(["--ckpt", str(tmp_path / "bad.safetensors")]) == 2

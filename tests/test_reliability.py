@@ -344,8 +344,7 @@ def rewritten(src, dst, edit, checksums=True):
     edit(tensors)
     meta = json.loads(metadata["squeeze10"])
     if checksums:
-        meta["checksums"] = dict(algorithm=kernels.CHECKSUM,
-                                 tensors={n: kernels.tensor_checksum(t) for n, t in tensors.items()})
+        meta["checksums"] = kernels.checksums(tensors)
     else:
         del meta["checksums"]
     save_file(tensors, str(dst), metadata={"squeeze10": json.dumps(meta)})

@@ -137,7 +137,7 @@ def test_mask_keeps_exactly_k_largest_per_row_group():
         m, s = M[:, g0:g0 + width], mask[:, g0:g0 + width]
         assert (s.sum(1) == k).all()
         assert (torch.where(s, m, torch.inf).amin(1) > torch.where(s, -torch.inf, m).amax(1)).all()
-    assert sq.salient_count(128, 0.2) == 26 and sq.salient_count(64, 0.2) == 13
+    assert kernels.salient_count(0.2, 128) == 26 and kernels.salient_count(0.2, 64) == 13
 
 
 # -----------------------------------------------------------------------------

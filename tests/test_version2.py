@@ -30,7 +30,7 @@ def test_column_mask_shares_the_k_best_columns_per_block_of_rows(block_rows):
     M = torch.rand(14, 40, generator=torch.Generator().manual_seed(1))
     mask = sq.column_mask(M, 0.2, block_rows)
     R = block_rows or 14
-    K = sq.salient_count(40, 0.2)                           # 8
+    K = kernels.salient_count(0.2, 40)                           # 8
     assert K == 8 and mask.sum(1).eq(K).all()
     for r0 in range(0, 14, R):                               # the last block is narrower when R does not divide 14
         block = mask[r0:r0 + R]
@@ -45,7 +45,7 @@ def test_quantized_layer_has_the_claimed_structure():
     rec = quantizer_output(W, X, columns(block_rows=4))
     mask, P = rec.salient, rec.params
     for r0 in range(0, 16, 4):
-        assert (mask[r0:r0 + 4] == mask[r0]).all() and int(mask[r0].sum()) == sq.salient_count(32, 0.2)
+        assert (mask[r0:r0 + 4] == mask[r0]).all() and int(mask[r0].sum()) == kernels.salient_count(0.2, 32)
     # binary weights take μ ± α of their row-group, salient ones sit on that row-group's grid
     for g0 in range(0, 32, G):
         w, m = rec.weight[:, g0:g0 + G], mask[:, g0:g0 + G]
