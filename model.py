@@ -372,15 +372,14 @@ def tokenizer_source(path) -> Path:
     return resolve_checkpoint(None) if ref == "embedded" else Path(ref)
 
 
-# What a config may hold, checked before any arithmetic on it (a config is data from the internet).
+# What a config may hold, checked before any arithmetic on it: a config is data from the internet
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)   # JSON's true is not the integer 1
-
-
-def _is_positive_number(value) -> bool:
-    """A finite number > 0 (a JSON int or float; not a bool, not a string, not NaN or Infinity)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+def _positive(value, integer: bool = True) -> bool:
+    """Whether a config value is a number > 0 the model can use: an integer, or (integer=False) any number a
+    float holds. JSON's true, a string, NaN and Infinity are not."""
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        return False
+    return 0 < value <= (math.inf if integer else sys.float_info.max)
 
 
 def _require(cfg: dict, keys, where: Path):
@@ -389,7 +388,7 @@ def _require(cfg: dict, keys, where: Path):
     if missing:
         raise CheckpointError(f"{where}: missing {', '.join(missing)}")
     for key in keys:
-        if not _is_int(cfg[key]) or cfg[key] <= 0:
+        if not _positive(cfg[key]):
             raise CheckpointError(f"{where}: {key} = {cfg[key]!r} in the config is not a positive integer")
 
 
@@ -397,10 +396,10 @@ def _check_args(args: ModelArgs, where: Path):
     """Every field of ModelArgs, whichever loader filled it."""
     _require(vars(args), ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim"), where)
     for key in ("norm_eps", "rope_theta"):
-        if not _is_positive_number(getattr(args, key)):
+        if not _positive(getattr(args, key), integer=False):
             raise CheckpointError(f"{where}: {key} = {getattr(args, key)!r} in the config is not a finite "
                                   "number > 0")
-    if not _is_int(args.max_seq_len) or args.max_seq_len <= 0:
+    if not _positive(args.max_seq_len):
         raise CheckpointError(f"{where}: the context length {args.max_seq_len!r} in the config is not a positive "
                               "integer")
     if not isinstance(args.tie_embeddings, bool):
@@ -418,6 +417,25 @@ def _read_json(path: Path) -> dict:
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: holds a JSON {type(value).__name__}, not an object of settings")
     return value
+
+
+# Every tensor's name: ours (Meta's), Hugging Face's and llama.cpp's (GGUF), with {} for the block index
+NAMES = [
+    ("tok_embeddings.weight", "model.embed_tokens.weight", "token_embd.weight"),
+    ("norm.weight", "model.norm.weight", "output_norm.weight"),
+    ("output.weight", "lm_head.weight", "output.weight"),
+    ("layers.{}.attention.wq.weight", "model.layers.{}.self_attn.q_proj.weight", "blk.{}.attn_q.weight"),
+    ("layers.{}.attention.wk.weight", "model.layers.{}.self_attn.k_proj.weight", "blk.{}.attn_k.weight"),
+    ("layers.{}.attention.wv.weight", "model.layers.{}.self_attn.v_proj.weight", "blk.{}.attn_v.weight"),
+    ("layers.{}.attention.wo.weight", "model.layers.{}.self_attn.o_proj.weight", "blk.{}.attn_output.weight"),
+    ("layers.{}.feed_forward.w1.weight", "model.layers.{}.mlp.gate_proj.weight", "blk.{}.ffn_gate.weight"),
+    ("layers.{}.feed_forward.w2.weight", "model.layers.{}.mlp.down_proj.weight", "blk.{}.ffn_down.weight"),
+    ("layers.{}.feed_forward.w3.weight", "model.layers.{}.mlp.up_proj.weight", "blk.{}.ffn_up.weight"),
+    ("layers.{}.attention_norm.weight", "model.layers.{}.input_layernorm.weight", "blk.{}.attn_norm.weight"),
+    ("layers.{}.ffn_norm.weight", "model.layers.{}.post_attention_layernorm.weight", "blk.{}.ffn_norm.weight"),
+]
+HF_NAMES = {hf: ours for ours, hf, _ in NAMES}
+GGUF_NAMES = {gguf: ours for ours, _, gguf in NAMES}
 
 
 def _renamer(table: dict):
@@ -487,11 +505,11 @@ def _load_meta(path: Path):
     tensors = {name: (lambda name=name: merged(name)) for name in states[0] if name != "rope.freqs"}
     if "tok_embeddings.weight" not in states[0]:
         raise CheckpointError(f"{shards[0]}: no tok_embeddings.weight; not a LLaMA checkpoint")
-    vocab = params.get("vocab_size", -1)
-    if not _is_int(vocab) or vocab == 0 or vocab < -1:
+    vocab = params.get("vocab_size", -1)   # -1: as many tokens as the embedding has rows
+    if not (_positive(vocab) or vocab == -1 and isinstance(vocab, int)):
         raise CheckpointError(f"{params_file}: vocab_size = {vocab!r} is not a positive integer (or -1)")
     ffn = params.get("ffn_dim_multiplier")
-    if ffn is not None and not _is_positive_number(ffn):
+    if ffn is not None and not _positive(ffn, integer=False):
         raise CheckpointError(f"{params_file}: ffn_dim_multiplier = {ffn!r} is not a positive number")
     if not isinstance(states[0]["tok_embeddings.weight"], torch.Tensor):
         raise CheckpointError(f"{shards[0]}: tok_embeddings.weight is not a tensor")
@@ -506,22 +524,6 @@ def _load_meta(path: Path):
 
 
 # Hugging Face's layout: config.json + model.safetensors or model-NNNNN-of-NNNNN.safetensors
-
-HF_NAMES = {  # HF name (with {} for the layer) -> ours
-    "model.embed_tokens.weight": "tok_embeddings.weight",
-    "model.norm.weight": "norm.weight",
-    "lm_head.weight": "output.weight",
-    "model.layers.{}.self_attn.q_proj.weight": "layers.{}.attention.wq.weight",
-    "model.layers.{}.self_attn.k_proj.weight": "layers.{}.attention.wk.weight",
-    "model.layers.{}.self_attn.v_proj.weight": "layers.{}.attention.wv.weight",
-    "model.layers.{}.self_attn.o_proj.weight": "layers.{}.attention.wo.weight",
-    "model.layers.{}.mlp.gate_proj.weight": "layers.{}.feed_forward.w1.weight",
-    "model.layers.{}.mlp.down_proj.weight": "layers.{}.feed_forward.w2.weight",
-    "model.layers.{}.mlp.up_proj.weight": "layers.{}.feed_forward.w3.weight",
-    "model.layers.{}.input_layernorm.weight": "layers.{}.attention_norm.weight",
-    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.ffn_norm.weight",
-}
-
 
 def unpermute_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """HF stores each head's q/k rows as [first halves of the pairs; second halves] for its rotate-half RoPE;
@@ -555,7 +557,10 @@ def _load_hf(path: Path):
             raise CheckpointError(f"{config_file}: {key} = {cfg[key]!r} is not implemented")
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted({path / f for f in _read_json(index).get("weight_map", {}).values()})
+        weight_map = _read_json(index).get("weight_map", {})
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map is not an object of tensor name -> file name")
+        files = sorted({path / f for f in weight_map.values()})
     elif (path / "model.safetensors").is_file():
         files = [path / "model.safetensors"]
     else:
@@ -582,25 +587,11 @@ def _load_hf(path: Path):
             name = ours(hf_name)
             heads = {"wq": args.n_heads, "wk": args.n_kv_heads}.get(name.split(".")[-2])
             tensors[name] = lambda h=handle, n=hf_name, nh=heads, f=file: _hf_tensor(h, n, nh, f)
-    if args.tie_embeddings and "tok_embeddings.weight" in tensors:
-        tensors.setdefault("output.weight", tensors["tok_embeddings.weight"])
     return args, tensors, files[0]
 
 
 # GGUF (llama.cpp): one file, its metadata in key/value fields, tensors possibly block-quantized
 
-GGUF_NAMES = {
-    "token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
-    "output.weight": "output.weight",
-    "blk.{}.attn_q.weight": "layers.{}.attention.wq.weight", "blk.{}.attn_k.weight": "layers.{}.attention.wk.weight",
-    "blk.{}.attn_v.weight": "layers.{}.attention.wv.weight",
-    "blk.{}.attn_output.weight": "layers.{}.attention.wo.weight",
-    "blk.{}.ffn_gate.weight": "layers.{}.feed_forward.w1.weight",
-    "blk.{}.ffn_down.weight": "layers.{}.feed_forward.w2.weight",
-    "blk.{}.ffn_up.weight": "layers.{}.feed_forward.w3.weight",
-    "blk.{}.attn_norm.weight": "layers.{}.attention_norm.weight",
-    "blk.{}.ffn_norm.weight": "layers.{}.ffn_norm.weight",
-}
 GGUF_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
@@ -666,13 +657,17 @@ def _load_gguf(path: Path):
     by_name = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in by_name:
         raise CheckpointError(f"{path}: GGUF file has no token_embd.weight")
+
+    def float32(key, default):
+        """GGUF stores floats in 32 bits: 7 significant digits give back the config's own 1e-05."""
+        value = field(key, default)
+        return float(f"{value:.7g}") if _positive(value, integer=False) else value   # (else _check_args refuses it)
     args = ModelArgs(
         dim=field("llama.embedding_length"), n_layers=field("llama.block_count"),
         n_heads=field("llama.attention.head_count"), n_kv_heads=field("llama.attention.head_count_kv"),
         vocab_size=int(by_name["token_embd.weight"].shape[-1]), hidden_dim=field("llama.feed_forward_length"),
-        # GGUF stores floats in 32 bits: 7 significant digits give back the config's own 1e-05
-        norm_eps=float(f'{field("llama.attention.layer_norm_rms_epsilon", 1e-5):.7g}'),
-        rope_theta=float(f'{field("llama.rope.freq_base", 1e4):.7g}'),
+        norm_eps=float32("llama.attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=float32("llama.rope.freq_base", 1e4),
         max_seq_len=field("llama.context_length", 4096), tie_embeddings="output.weight" not in by_name)
     readable = gguf_types()
 
@@ -686,8 +681,6 @@ def _load_gguf(path: Path):
     ours = _renamer(GGUF_NAMES)
     tensors = {ours(name): (lambda t=t: dequantize(t)) for name, t in by_name.items()
                if name != "rope_freqs.weight"}
-    if args.tie_embeddings:
-        tensors["output.weight"] = tensors["tok_embeddings.weight"]
     return args, tensors, path
 
 
@@ -727,12 +720,9 @@ def _load_packed(path: Path):
     if not isinstance(specs, dict):
         raise CheckpointError(f"{path}: the metadata's linears are a JSON {type(specs).__name__}, not an object "
                               "of linear name -> spec")
-    for prefix, spec in specs.items():
-        if not isinstance(spec, dict):
-            raise CheckpointError(f"{path}: the metadata's spec of {prefix} is a JSON {type(spec).__name__}, "
-                                  "not an object")
-        if "shape" not in spec:
-            raise CheckpointError(f"{path}: the metadata's spec of {prefix} has no shape")
+    malformed = [prefix for prefix, spec in specs.items() if not isinstance(spec, dict) or "shape" not in spec]
+    if malformed:
+        raise CheckpointError(f"{path}: the metadata's spec of {malformed[0]} is not an object with a shape")
     handle = safe_open(str(path), "pt")
     names = set(handle.keys())
     read = _checksummed_reader(path, handle, info.get("checksums"), names)
@@ -751,8 +741,6 @@ def _load_packed(path: Path):
                 raise CheckpointError(f"{path}: {prefix}.{name} holds NaN or Inf")
         return parts
     quant = {prefix: (specs[prefix], lambda prefix=prefix: packed(prefix)) for prefix in specs}
-    if args.tie_embeddings and "tok_embeddings.weight" in tensors:
-        tensors["output.weight"] = tensors["tok_embeddings.weight"]
     return args, tensors, path, quant
 
 
@@ -794,7 +782,7 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
     try:
         with torch.device("meta"):
             model = Transformer(args)
-    except RuntimeError as e:  # sizes whose product overflows even on the meta device
+    except (RuntimeError, TypeError) as e:  # sizes (or their product) beyond 64 bits, even on the meta device
         raise CheckpointError(f"{where}: the config's sizes (dim {args.dim}, hidden_dim {args.hidden_dim}, vocab "
                               f"{args.vocab_size}) are too large to build ({data.first_line(e)})") from None
     for prefix, (spec, read) in quant.items():
@@ -814,6 +802,8 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
             raise
         except ValueError as e:            # what cpu_layout finds wrong in the bytes themselves
             raise CheckpointError(f"{where}: {prefix}: {data.first_line(e)}") from None
+    if args.tie_embeddings and "tok_embeddings.weight" in tensors:   # the file holds the shared matrix once
+        tensors = {"output.weight": tensors["tok_embeddings.weight"], **tensors}
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items() if p.is_meta}
     missing = sorted(expected.keys() - tensors.keys())
     if missing:
