@@ -163,12 +163,15 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """`fp16_decode_head` is a choice of speed over precision for decoding, and the only place this model
-    leaves its dtype: with it (the default), `setup_cache` on the CPU in float32 keeps a float16 copy of the
-    output head, and a one-token step (T == 1 with a cache) takes its logits from that copy. At 49,152 × 576
-    (the embedded model) the head is a quarter of a step, and fp16 halves the bytes it reads (4.5 ms against
-    13.9 here). `model(tokens)` without a cache, and every T > 1 pass (eval.py's perplexity), use the float32
-    head. Set it False before `setup_cache` for float32 logits at every decode step."""
+    """tokens (B, T) -> logits (B, T, vocab_size); with `setup_cache`, one token at a time.
+
+    `fp16_decode_head` (default True) trades precision for speed while decoding, and is the only place the
+    model computes in another dtype than its weights': when `setup_cache` runs on the CPU in float32, it also
+    keeps a float16 copy of the output head, and each one-token step (T == 1 with a cache) takes its logits
+    from that copy. At 49,152 × 576 (the embedded model) the head is a quarter of a step, and float16 halves
+    the bytes it reads (4.5 ms against 13.9 here). `model(tokens)` without a cache, and every pass with T > 1
+    (eval.py's perplexity, a prompt's prefill), use the float32 head. Set it False before `setup_cache` for
+    float32 logits at every decode step."""
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -179,7 +182,7 @@ class Transformer(nn.Module):
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.freqs_cis = None           # e^(i·t·θ_k) for the positions seen so far (forward)
-        self.fp16_decode_head = True    # decode steps' head in float16 on the CPU (see above)
+        self.fp16_decode_head = True    # decode steps' logits from a float16 head on the CPU (see above)
         self.decode_head = None         # that float16 copy, while a cache is set up (setup_cache)
 
     def forward(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -419,23 +422,23 @@ def _read_json(path: Path) -> dict:
     return value
 
 
-# Every tensor's name: ours (Meta's), Hugging Face's and llama.cpp's (GGUF), with {} for the block index
-NAMES = [
-    ("tok_embeddings.weight", "model.embed_tokens.weight", "token_embd.weight"),
-    ("norm.weight", "model.norm.weight", "output_norm.weight"),
-    ("output.weight", "lm_head.weight", "output.weight"),
-    ("layers.{}.attention.wq.weight", "model.layers.{}.self_attn.q_proj.weight", "blk.{}.attn_q.weight"),
-    ("layers.{}.attention.wk.weight", "model.layers.{}.self_attn.k_proj.weight", "blk.{}.attn_k.weight"),
-    ("layers.{}.attention.wv.weight", "model.layers.{}.self_attn.v_proj.weight", "blk.{}.attn_v.weight"),
-    ("layers.{}.attention.wo.weight", "model.layers.{}.self_attn.o_proj.weight", "blk.{}.attn_output.weight"),
-    ("layers.{}.feed_forward.w1.weight", "model.layers.{}.mlp.gate_proj.weight", "blk.{}.ffn_gate.weight"),
-    ("layers.{}.feed_forward.w2.weight", "model.layers.{}.mlp.down_proj.weight", "blk.{}.ffn_down.weight"),
-    ("layers.{}.feed_forward.w3.weight", "model.layers.{}.mlp.up_proj.weight", "blk.{}.ffn_up.weight"),
-    ("layers.{}.attention_norm.weight", "model.layers.{}.input_layernorm.weight", "blk.{}.attn_norm.weight"),
-    ("layers.{}.ffn_norm.weight", "model.layers.{}.post_attention_layernorm.weight", "blk.{}.ffn_norm.weight"),
-]
-HF_NAMES = {hf: ours for ours, hf, _ in NAMES}
-GGUF_NAMES = {gguf: ours for ours, _, gguf in NAMES}
+# Every tensor's name: ours (Meta's) -> (Hugging Face's, llama.cpp's GGUF), with {} for the block index
+NAMES = {
+    "tok_embeddings.weight": ("model.embed_tokens.weight", "token_embd.weight"),
+    "norm.weight": ("model.norm.weight", "output_norm.weight"),
+    "output.weight": ("lm_head.weight", "output.weight"),
+    "layers.{}.attention.wq.weight": ("model.layers.{}.self_attn.q_proj.weight", "blk.{}.attn_q.weight"),
+    "layers.{}.attention.wk.weight": ("model.layers.{}.self_attn.k_proj.weight", "blk.{}.attn_k.weight"),
+    "layers.{}.attention.wv.weight": ("model.layers.{}.self_attn.v_proj.weight", "blk.{}.attn_v.weight"),
+    "layers.{}.attention.wo.weight": ("model.layers.{}.self_attn.o_proj.weight", "blk.{}.attn_output.weight"),
+    "layers.{}.feed_forward.w1.weight": ("model.layers.{}.mlp.gate_proj.weight", "blk.{}.ffn_gate.weight"),
+    "layers.{}.feed_forward.w2.weight": ("model.layers.{}.mlp.down_proj.weight", "blk.{}.ffn_down.weight"),
+    "layers.{}.feed_forward.w3.weight": ("model.layers.{}.mlp.up_proj.weight", "blk.{}.ffn_up.weight"),
+    "layers.{}.attention_norm.weight": ("model.layers.{}.input_layernorm.weight", "blk.{}.attn_norm.weight"),
+    "layers.{}.ffn_norm.weight": ("model.layers.{}.post_attention_layernorm.weight", "blk.{}.ffn_norm.weight"),
+}
+HF_NAMES = {hf: ours for ours, (hf, _) in NAMES.items()}
+GGUF_NAMES = {gguf: ours for ours, (_, gguf) in NAMES.items()}
 
 
 def _renamer(table: dict):
@@ -844,6 +847,7 @@ def _checked(t, name: str, shape: tuple, where: Path, device, dtype) -> torch.Te
 
 
 # -----------------------------------------------------------------------------
+# python model.py --ckpt NAME: load a checkpoint, report its size, load time and memory
 
 def main(argv=None) -> int:
     import time
