@@ -306,16 +306,6 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded. The message is one line naming the file and what is wrong."""
 
 
-def load_checkpoint(path=None, device="cpu", dtype=torch.float32, backend: str = "auto") -> Transformer:
-    """A LLaMA from a Meta or HF directory, a .gguf file, a packed file, a bare name, or None (the embedded
-    default). backend: how a packed file's linears multiply (BACKENDS; set_backend changes it later)."""
-    path = resolve_checkpoint(path)
-    fmt = checkpoint_format(path)
-    loader = {"meta": _load_meta, "hf": _load_hf, "gguf": _load_gguf, "squeeze10": _load_packed}[fmt]
-    args, tensors, where, *quant = loader(path if fmt in ("gguf", "squeeze10") or path.is_dir() else path.parent)
-    return build_model(args, tensors, where, device, dtype, quant[0] if quant else None, backend)
-
-
 def models_dir() -> Path:
     return Path(os.environ.get("SQUEEZE10_MODELS", "./checkpoints"))
 
@@ -338,41 +328,6 @@ def resolve_checkpoint(path) -> Path:
             return candidate
     raise CheckpointError(f"{path}: no checkpoint of that name (looked for {' and '.join(map(str, looked))}; "
                           "set $SQUEEZE10_MODELS to the directory that holds your models)")
-
-
-def checkpoint_format(path: Path) -> str:
-    """'meta', 'hf', 'gguf' or 'squeeze10' — from the files present, never from the name of the model."""
-    if path.is_file():
-        with open(path, "rb") as f:
-            magic = f.read(4)
-        if path.suffix == ".gguf" or magic == b"GGUF":
-            return "gguf"
-        if path.suffix == ".safetensors" and _packed_info(path) is not None:
-            return "squeeze10"
-        if path.suffix in (".pth", ".safetensors", ".json"):
-            return checkpoint_format(path.parent)
-        raise CheckpointError(f"{path}: not a checkpoint (expected a directory, a .gguf file, or a .pth/.safetensors "
-                              "file inside a checkpoint directory)")
-    if (path / "params.json").is_file():
-        return "meta"
-    if (path / "config.json").is_file():
-        return "hf"
-    if not any(path.iterdir()):
-        raise CheckpointError(f"{path}: directory is empty")
-    raise CheckpointError(f"{path}: neither params.json (Meta layout) nor config.json (Hugging Face layout) found")
-
-
-def tokenizer_source(path) -> Path:
-    """Where a checkpoint's tokenizer lives: the checkpoint itself, or, for a packed file, what it records."""
-    path = resolve_checkpoint(path)
-    if checkpoint_format(path) != "squeeze10":
-        return path
-    ref = _packed_info(path).get("tokenizer")
-    if ref is None:
-        raise CheckpointError(f"{path}: records no tokenizer (a --synthetic model); pass --tokenizer")
-    if not isinstance(ref, str):
-        raise CheckpointError(f"{path}: the metadata's tokenizer is {ref!r}, not a path or 'embedded'")
-    return resolve_checkpoint(None) if ref == "embedded" else Path(ref)
 
 
 # What a config may hold, checked before any arithmetic on it: a config is data from the internet
@@ -711,6 +666,26 @@ def _packed_info(path: Path) -> dict | None:
     return info
 
 
+def _checksummed_reader(path: Path, handle, sums, names: set):
+    """handle.get_tensor, checking each tensor's bytes against the checksum the metadata records for it (files
+    written before checksums were recorded carry none, and are read unchecked)."""
+    if sums is None:
+        return handle.get_tensor
+    if not (isinstance(sums, dict) and sums.get("algorithm") == kernels.CHECKSUM and
+            isinstance(sums.get("tensors"), dict) and set(sums["tensors"]) == names and
+            all(isinstance(s, str) for s in sums["tensors"].values())):
+        raise CheckpointError(f"{path}: the metadata's checksums are damaged or do not list exactly the file's "
+                              f"tensors ({kernels.CHECKSUM} expected)")
+
+    def read(name):
+        t = handle.get_tensor(name)
+        if kernels.tensor_checksum(t) != sums["tensors"][name]:
+            raise CheckpointError(f"{path}: {name}: its bytes do not match the {kernels.CHECKSUM} checksum recorded "
+                                  "in the metadata (the file is damaged)")
+        return t
+    return read
+
+
 def _load_packed(path: Path):
     """A squeeze10 packed file: each block linear becomes a QuantLinear of its packed tensors (checked against
     its spec here), the rest is fp16. Returns the dense tensors like every loader, plus the packed linears."""
@@ -747,27 +722,63 @@ def _load_packed(path: Path):
     return args, tensors, path, quant
 
 
-def _checksummed_reader(path: Path, handle, sums, names: set):
-    """handle.get_tensor, checking each tensor's bytes against the checksum the metadata records for it (files
-    written before checksums were recorded carry none, and are read unchecked)."""
-    if sums is None:
-        return handle.get_tensor
-    if not (isinstance(sums, dict) and sums.get("algorithm") == kernels.CHECKSUM and
-            isinstance(sums.get("tensors"), dict) and set(sums["tensors"]) == names and
-            all(isinstance(s, str) for s in sums["tensors"].values())):
-        raise CheckpointError(f"{path}: the metadata's checksums are damaged or do not list exactly the file's "
-                              f"tensors ({kernels.CHECKSUM} expected)")
+# Which format a path holds, and where its tokenizer is
 
-    def read(name):
-        t = handle.get_tensor(name)
-        if kernels.tensor_checksum(t) != sums["tensors"][name]:
-            raise CheckpointError(f"{path}: {name}: its bytes do not match the {kernels.CHECKSUM} checksum recorded "
-                                  "in the metadata (the file is damaged)")
-        return t
-    return read
+def checkpoint_format(path: Path) -> str:
+    """'meta', 'hf', 'gguf' or 'squeeze10' — from the files present, never from the name of the model."""
+    if path.is_file():
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if path.suffix == ".gguf" or magic == b"GGUF":
+            return "gguf"
+        if path.suffix == ".safetensors" and _packed_info(path) is not None:
+            return "squeeze10"
+        if path.suffix in (".pth", ".safetensors", ".json"):
+            return checkpoint_format(path.parent)
+        raise CheckpointError(f"{path}: not a checkpoint (expected a directory, a .gguf file, or a .pth/.safetensors "
+                              "file inside a checkpoint directory)")
+    if (path / "params.json").is_file():
+        return "meta"
+    if (path / "config.json").is_file():
+        return "hf"
+    if not any(path.iterdir()):
+        raise CheckpointError(f"{path}: directory is empty")
+    raise CheckpointError(f"{path}: neither params.json (Meta layout) nor config.json (Hugging Face layout) found")
+
+
+def tokenizer_source(path) -> Path:
+    """Where a checkpoint's tokenizer lives: the checkpoint itself, or, for a packed file, what it records."""
+    path = resolve_checkpoint(path)
+    if checkpoint_format(path) != "squeeze10":
+        return path
+    ref = _packed_info(path).get("tokenizer")
+    if ref is None:
+        raise CheckpointError(f"{path}: records no tokenizer (a --synthetic model); pass --tokenizer")
+    if not isinstance(ref, str):
+        raise CheckpointError(f"{path}: the metadata's tokenizer is {ref!r}, not a path or 'embedded'")
+    return resolve_checkpoint(None) if ref == "embedded" else Path(ref)
 
 
 # Building the model, whichever loader read the file
+
+def _checked(t, name: str, shape: tuple, where: Path, device, dtype) -> torch.Tensor:
+    """A tensor as read: a floating-point tensor of the shape the config implies; then converted, and finite
+    (one isfinite pass: a value beyond float16's range becomes Inf; a NaN or Inf weight would make every result
+    NaN without a word)."""
+    if not isinstance(t, torch.Tensor):
+        raise CheckpointError(f"{where}: {name} is a {type(t).__name__}, not a tensor")
+    if tuple(t.shape) != shape:
+        raise CheckpointError(f"{where}: {name} has shape {tuple(t.shape)}, the config implies {shape}")
+    if not t.is_floating_point():
+        raise CheckpointError(f"{where}: {name} holds {t.dtype}, not floating-point weights")
+    t = t.to(device=device, dtype=dtype)
+    finite = torch.isfinite(t)
+    if not finite.all():
+        first = tuple(int(i) for i in (~finite).nonzero()[0])
+        raise CheckpointError(f"{where}: {name} holds {int((~finite).sum())} non-finite values in {t.dtype} "
+                              f"(the first, {t[first].item()}, at {list(first)})")
+    return t
+
 
 def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype=torch.float32,
                 quant: dict | None = None, backend: str = "auto") -> Transformer:
@@ -803,7 +814,7 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
             setattr(model.get_submodule(parent), leaf, QuantLinear(spec, packed, backend))
         except CheckpointError:            # read() names the file and the linear already
             raise
-        except ValueError as e:            # what cpu_layout finds wrong in the bytes themselves
+        except (ValueError, ArithmeticError) as e:   # what cpu_layout finds wrong in the bytes or the numbers
             raise CheckpointError(f"{where}: {prefix}: {data.first_line(e)}") from None
     if args.tie_embeddings and "tok_embeddings.weight" in tensors:   # the file holds the shared matrix once
         tensors = {"output.weight": tensors["tok_embeddings.weight"], **tensors}
@@ -827,23 +838,15 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
     return model.eval().requires_grad_(False)
 
 
-def _checked(t, name: str, shape: tuple, where: Path, device, dtype) -> torch.Tensor:
-    """A tensor as read: a floating-point tensor of the shape the config implies; then converted, and finite
-    (one isfinite pass: a value beyond float16's range becomes Inf; a NaN or Inf weight would make every result
-    NaN without a word)."""
-    if not isinstance(t, torch.Tensor):
-        raise CheckpointError(f"{where}: {name} is a {type(t).__name__}, not a tensor")
-    if tuple(t.shape) != shape:
-        raise CheckpointError(f"{where}: {name} has shape {tuple(t.shape)}, the config implies {shape}")
-    if not t.is_floating_point():
-        raise CheckpointError(f"{where}: {name} holds {t.dtype}, not floating-point weights")
-    t = t.to(device=device, dtype=dtype)
-    finite = torch.isfinite(t)
-    if not finite.all():
-        first = tuple(int(i) for i in (~finite).nonzero()[0])
-        raise CheckpointError(f"{where}: {name} holds {int((~finite).sum())} non-finite values in {t.dtype} "
-                              f"(the first, {t[first].item()}, at {list(first)})")
-    return t
+def load_checkpoint(path=None, device="cpu", dtype=torch.float32, backend: str = "auto") -> Transformer:
+    """A LLaMA from a Meta or HF directory, a .gguf file, a packed file, a bare name, or None (the embedded
+    default). backend: how a packed file's linears multiply (BACKENDS; set_backend changes it later)."""
+    path = resolve_checkpoint(path)
+    fmt = checkpoint_format(path)
+    loader = {"meta": _load_meta, "hf": _load_hf, "gguf": _load_gguf, "squeeze10": _load_packed}[fmt]
+    args, tensors, where, *quant = loader(path if fmt in ("gguf", "squeeze10") or path.is_dir() else path.parent)
+    return build_model(args, tensors, where, device, dtype, quant[0] if quant else None, backend)
+
 
 
 # -----------------------------------------------------------------------------
