@@ -240,7 +240,7 @@ def generate(net, tokenizer, prompt: str, max_new_tokens: int, temperature: floa
         raise data.DataError(f"--max-new-tokens {max_new_tokens}: the prompt's {len(ids)} tokens and "
                              f"{max_new_tokens} new ones exceed the model's context of {net.args.max_seq_len} "
                              "tokens")
-    net.setup_cache(1, max_len)
+    net.setup_cache(1, max_len, fp16_head=True)       # decode steps' logits from a float16 head (model.py)
     generator = torch.Generator(device=device).manual_seed(seed)
     new = []
     try:

@@ -165,13 +165,12 @@ class TransformerBlock(nn.Module):
 class Transformer(nn.Module):
     """tokens (B, T) -> logits (B, T, vocab_size); with `setup_cache`, one token at a time.
 
-    `fp16_decode_head` (default True) trades precision for speed while decoding, and is the only place the
-    model computes in another dtype than its weights': when `setup_cache` runs on the CPU in float32, it also
-    keeps a float16 copy of the output head, and each one-token step (T == 1 with a cache) takes its logits
-    from that copy. At 49,152 × 576 (the embedded model) the head is a quarter of a step, and float16 halves
-    the bytes it reads (4.5 ms against 13.9 here). `model(tokens)` without a cache, and every pass with T > 1
-    (eval.py's perplexity, a prompt's prefill), use the float32 head. Set it False before `setup_cache` for
-    float32 logits at every decode step."""
+    `setup_cache(..., fp16_head=True)` is the one place the model computes in another dtype than its
+    weights', and only when its caller asks (eval.py's generation and the decode benchmark do): on the CPU in
+    float32 it keeps a float16 copy of the output head, and each one-token step (T == 1 with a cache) takes
+    its logits from that copy. At 49,152 × 576 (the embedded model) the head is a quarter of a step, and
+    float16 halves the bytes it reads (4.5 ms against 13.9 here). `model(tokens)` without a cache, and every
+    pass with T > 1 (perplexity, a prompt's prefill), always use the float32 head."""
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -182,8 +181,7 @@ class Transformer(nn.Module):
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.freqs_cis = None           # e^(i·t·θ_k) for the positions seen so far (forward)
-        self.fp16_decode_head = True    # decode steps' logits from a float16 head on the CPU (see above)
-        self.decode_head = None         # that float16 copy, while a cache is set up (setup_cache)
+        self.decode_head = None         # a float16 copy of the head for decode steps (setup_cache's fp16_head)
 
     def forward(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         """tokens: LongTensor (B, T) at positions start .. start+T -> logits (B, T, vocab_size).
@@ -196,18 +194,18 @@ class Transformer(nn.Module):
         freqs_cis = self.freqs_cis[start:start + T]
         for layer in self.layers:
             h = layer(h, freqs_cis, start)                                            # (B, T, dim)
-        if T == 1 and self.decode_head is not None:   # a decode step through the float16 head (fp16_decode_head)
+        if T == 1 and self.decode_head is not None:   # a decode step through the float16 head (fp16_head)
             return F.linear(self.norm(h).half(), self.decode_head).float()
         return self.output(self.norm(h)).float()                                     # (B, T, vocab_size)
 
-    def setup_cache(self, batch: int | None, max_len: int):
+    def setup_cache(self, batch: int | None, max_len: int, fp16_head: bool = False):
         """Give every attention layer a KV cache for `max_len` positions (batch None: remove them), and, if
-        `fp16_decode_head` and the head is float32 on the CPU, make the decode steps' float16 head."""
+        `fp16_head` and the head is float32 on the CPU, make the decode steps' float16 head."""
         a = self.args
         p = self.tok_embeddings.weight
         w = self.output.weight
         use_half = batch is not None and w.device.type == "cpu" and w.dtype == torch.float32
-        self.decode_head = w.detach().half() if use_half and self.fp16_decode_head else None
+        self.decode_head = w.detach().half() if use_half and fp16_head else None
         for layer in self.layers:
             layer.attention.cache = None if batch is None else KVCache(
                 batch, max_len, a.n_kv_heads, a.dim // a.n_heads, p.device, p.dtype)

@@ -283,12 +283,14 @@ def test_the_kv_cache_reproduces_the_full_forward_pass(packed):
     with torch.inference_mode():
         full = m(tokens)
         m.setup_cache(2, 12)
+        assert m.decode_head is None                                 # the float32 head unless asked for
+        m.setup_cache(2, 12, fp16_head=True)
         assert m.decode_head is not None and m.decode_head.dtype == torch.float16   # one-token steps' head
         half = m.decode_head
         m.decode_head = None                                         # first the cache alone: exact
         steps = [m(tokens[:, :7])] + [m(tokens[:, i:i + 1], start=i) for i in range(7, 10)]
         steps.append(m(tokens[:, 10:], start=10))                    # two new positions at once
-        m.setup_cache(2, 12)
+        m.setup_cache(2, 12, fp16_head=True)
         m(tokens[:, :7])
         one = m(tokens[:, 7:8], start=7)                             # then a step through the fp16 head
         m.setup_cache(None, 0)

@@ -161,7 +161,7 @@ def test_embedded_default_loads_and_completes(embedded):
     assert tok.decode(x[0].tolist()) == "The capital of France is Paris."
 
 
-def test_fp16_decode_head_is_a_switch(tiny_args, tiny_state):
+def test_the_fp16_decode_head_is_an_explicit_switch(tiny_args, tiny_state):
     m = build(tiny_state, tiny_args)
     tokens = torch.tensor([TOKENS])
     normed = []                                          # the head's input at each pass
@@ -169,8 +169,7 @@ def test_fp16_decode_head_is_a_switch(tiny_args, tiny_state):
     with torch.inference_mode():
         full = m(tokens)
         for fp16 in (True, False):
-            m.fp16_decode_head = fp16
-            m.setup_cache(1, len(TOKENS))
+            m.setup_cache(1, len(TOKENS), fp16_head=fp16)
             assert (m.decode_head is not None) == fp16
             normed.clear()
             steps = [m(tokens[:, :5])] + [m(tokens[:, i:i + 1], start=i) for i in range(5, len(TOKENS))]

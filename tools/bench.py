@@ -239,7 +239,7 @@ def decode_bench(files: dict, rounds: int = 3, tokens: int = 64) -> dict:
     first 8 tokens through the reference path."""
     @torch.inference_mode()
     def greedy(m, spent=None, steps=tokens):
-        m.setup_cache(1, 4 + steps)
+        m.setup_cache(1, 4 + steps, fp16_head=True)         # as eval.py's generation decodes
         logits = m(torch.tensor([[504, 3575, 282, 4649, 314]]))[0, -1]     # "The capital of France is"
         if spent is not None:
             spent[0] = 0.0                                   # (the prefill does not count)
@@ -269,7 +269,7 @@ def decode_bench(files: dict, rounds: int = 3, tokens: int = 64) -> dict:
         _, speed = greedy(m, spent)
         for h in hooks:
             h.remove()
-        m.setup_cache(1, 1)                                   # the head as a decode step runs it, timed alone
+        m.setup_cache(1, 1, fp16_head=True)                   # the head as a decode step runs it, timed alone
         h = torch.randn(1, 1, m.args.dim)
         head_ms = median_ms(lambda: torch.nn.functional.linear(h.half(), m.decode_head), 21)
         m.setup_cache(None, 0)
