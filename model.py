@@ -18,8 +18,7 @@ of a squeeze10 packed file and multiplies straight from its packed bits (kernels
 A 7B model is never held twice: the model is built on the `meta` device (no memory), each tensor is read,
 checked against the shape the config implies, converted, and assigned (`load_state_dict(assign=True)`).
 Meta's shards are opened with `mmap=True`, so a tensor already in the requested dtype is never copied.
-
-    python model.py --ckpt llama2-7b --dtype bfloat16     # load only: shape, load time, peak memory
+`python tools/load.py --ckpt llama2-7b --dtype bfloat16` loads one and reports its time and peak memory.
 """
 import json
 import math
@@ -844,35 +843,3 @@ def load_checkpoint(path=None, device="cpu", dtype=torch.float32, backend: str =
     loader = {"meta": _load_meta, "hf": _load_hf, "gguf": _load_gguf, "squeeze10": _load_packed}[fmt]
     args, tensors, where, *quant = loader(path if fmt in ("gguf", "squeeze10") or path.is_dir() else path.parent)
     return build_model(args, tensors, where, device, dtype, quant[0] if quant else None, backend)
-
-
-
-# -----------------------------------------------------------------------------
-# python model.py --ckpt NAME: load a checkpoint, report its size, load time and memory
-
-def main(argv=None) -> int:
-    import time
-    from tools import cli
-    p = cli.Parser(description="Load a checkpoint; print its shape, load time and peak memory.")
-    p.add_argument("--ckpt", default=None, help="checkpoint path or name (default: the embedded SmolLM2-135M)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    a = p.parse_args(argv)
-    t0 = time.time()
-    try:
-        m = load_checkpoint(a.ckpt, dtype=getattr(torch, a.dtype))
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(m.args)
-    print(f"{num_params(m) / 1e6:.1f}M parameters, loaded in {time.time() - t0:.1f} s, "
-          f"peak RSS {cli.peak_rss_mb() / 1024:.2f} GiB")
-    t0 = time.time()
-    with torch.inference_mode():  # a forward pass touches every weight: memory-mapped ones become resident
-        m(torch.zeros(1, 16, dtype=torch.long))
-    print(f"one 16-token forward pass in {time.time() - t0:.1f} s, peak RSS {cli.peak_rss_mb() / 1024:.2f} GiB")
-    return 0
-
-
-if __name__ == "__main__":
-    from tools import cli
-    sys.exit(cli.run_main(main))

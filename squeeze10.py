@@ -676,6 +676,9 @@ def quantize(net, tokens, s: Settings, device="cpu", log=print) -> Quantized:
 # are plumbing a reader can skip (tools/cli.py, `quantize_command`); it calls quantize and packed_file.
 
 def main(argv=None) -> int:
+    """python squeeze10.py [--preset P] [flags]: the preset and the flags make the Settings; tools/cli.py checks
+    every input, loads the model and the calibration set, calls quantize(), writes packed_file() atomically
+    and prints the report. Returns the exit code (2: bad input, one line on stderr)."""
     from tools import cli
     return cli.quantize_command(sys.modules[__name__], argv)
 

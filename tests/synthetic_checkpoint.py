@@ -1,7 +1,7 @@
 """Write a checkpoint with LLaMA-2's real shapes and random weights, to measure loading at real size.
 
     python tests/synthetic_checkpoint.py /tmp/llama2-7b-meta --size 7b --layout meta   # 13.5 GB, bf16
-    python model.py --ckpt /tmp/llama2-7b-meta --dtype bfloat16                        # time and peak memory
+    python tools/load.py --ckpt /tmp/llama2-7b-meta --dtype bfloat16                   # time and peak memory
 
 No real weights are needed: loading cost depends on shapes, dtypes and layout only.
 """

@@ -233,3 +233,14 @@ def test_eval_refuses_linears_given_as_a_string_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == (f"error: {path}: the metadata's linears are a JSON str, not an object of linear name -> "
                            "spec\n")
+
+
+def test_the_load_tool_reports_the_shape_and_refuses_a_missing_path(tmp_path, capsys, tiny_args):
+    from tools import load
+    write_gguf(tmp_path / "tiny.gguf", tiny_args)
+    assert load.main(["--ckpt", str(tmp_path / "tiny.gguf")]) == 0
+    out = capsys.readouterr().out
+    assert f"dim={tiny_args.dim}" in out and "parameters, loaded in" in out and "forward pass" in out
+    assert load.main(["--ckpt", str(tmp_path / "missing.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path / 'missing.gguf'}: no such file")

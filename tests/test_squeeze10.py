@@ -326,8 +326,9 @@ def test_same_seed_gives_a_byte_identical_file(capsys, tiny_gguf):
 
 @pytest.mark.parametrize("flags, message", [
     (["--preset", "bogus"], "--preset bogus: unknown; choose one of squeeze10, paper, pbllm"),
-    (["--salient", "0"], "--salient 0.0: must be in (0, 1]"),
-    (["--salient", "1.5"], "--salient 1.5: must be in (0, 1]"),
+    (["--salient", "0"], "--column-scale: only the columns layout"),          # all binary: no columns to scale
+    (["--salient", "1.5"], "--salient 1.5: must be in [0, 1]"),
+    (["--salient", "nan"], "--salient nan: must be in [0, 1]"),
     (["--mid-bits", "1"], "--mid-bits 1: must be 2..8, or none"),
     (["--mid-bits", "16"], "--mid-bits 16: must be 2..8, or none"),
     (["--mid-bits", "all"], "argument --mid-bits: 'all' is neither an integer nor none"),

@@ -262,7 +262,7 @@ def quantize_parser(sq) -> Parser:
     p.add_argument("--out", default=None, help="packed file (default out/NAME.PRESET.safetensors)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with the report")
     s = p.add_argument_group("settings (each overrides the preset's field)")
-    s.add_argument("--salient", type=float, help="fraction kept at --high-bits, in (0, 1]")
+    s.add_argument("--salient", type=float, help="fraction kept at --high-bits, in [0, 1]")
     s.add_argument("--high-bits", type=int, help="salient weights' bits, 2..8")
     s.add_argument("--mid-bits", type=int_or("none"), help="stage 1 bits, 2..8, or none (no stage 1)")
     s.add_argument("--lam", type=float, help="PBAR's λ on the normalised terms")
@@ -299,7 +299,7 @@ def check_settings(sq, s):
     if s.mid_bits is not None and not 2 <= s.mid_bits <= 8:
         raise sq.SettingsError(f"--mid-bits {s.mid_bits}: must be 2..8, or none (no stage 1)")
     if not 0 <= s.salient <= 1:
-        raise sq.SettingsError(f"--salient {s.salient}: must be in (0, 1]")
+        raise sq.SettingsError(f"--salient {s.salient}: must be in [0, 1] (0: all binary, 1: no binary part)")
     if not 2 <= s.high_bits <= 8:
         raise sq.SettingsError(f"--high-bits {s.high_bits}: must be 2..8")
     if not (s.lam >= 0 and math.isfinite(s.lam)):
@@ -318,8 +318,6 @@ def settings_from_args(sq, preset: str, given: dict):
     mid_bits and "layer" for block_rows mean None)."""
     if preset not in sq.PRESETS:
         raise sq.SettingsError(f"--preset {preset}: unknown; choose one of {', '.join(sq.PRESETS)}")
-    if given.get("salient") is not None and not 0 < given["salient"] <= 1:
-        raise sq.SettingsError(f"--salient {given['salient']}: must be in (0, 1]")
     given = {k: None if v in ("none", "layer") else v for k, v in given.items() if v is not None}
     s = replace(sq.PRESETS[preset], **given)
     check_settings(sq, s)
