@@ -426,3 +426,18 @@ def test_stage3_from_fp_ranks_on_w_mid_but_quantizes_w():
     assert torch.equal(rec.salient, mask)
     assert torch.equal(rec.weight, grid_gptq(W, U, 4, mask)[0])
     assert not torch.equal(rec.weight, grid_gptq(W_mid, U, 4, mask)[0])
+
+
+def test_same_bytes_tells_identical_tensors_from_changed_ones(tmp_path, capsys):
+    from safetensors.torch import save_file
+    from tools import same_bytes
+    t = {"a": torch.arange(6, dtype=torch.uint8), "b": torch.ones(2, 3, dtype=torch.float16)}
+    meta = {"squeeze10": json.dumps({"settings": {"x": 1}})}
+    save_file(t, str(tmp_path / "one.safetensors"), metadata=meta)
+    save_file(t, str(tmp_path / "two.safetensors"), metadata={"squeeze10": json.dumps({"settings": {"x": 2}})})
+    assert same_bytes.main([str(tmp_path / "one.safetensors"), str(tmp_path / "two.safetensors")]) == 0
+    assert "all identical; metadata fields that differ: settings" in capsys.readouterr().out
+    save_file({**t, "b": t["b"].view(torch.int16).float()}, str(tmp_path / "three.safetensors"), metadata=meta)
+    assert same_bytes.main([str(tmp_path / "one.safetensors"), str(tmp_path / "three.safetensors")]) == 1
+    assert "1 tensors differ: b" in capsys.readouterr().out
+    assert same_bytes.main([str(tmp_path / "one.safetensors"), str(tmp_path / "none")]) == 2
