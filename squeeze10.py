@@ -50,8 +50,7 @@ The paper's text is not available; ../shared/METHOD.md fixes the interpretation,
   two) before the weights are rounded onto them, so the packed file reproduces the quantizer's output bit
   for bit and GPTQ compensates the parameters' rounding too.
 
-Everything a reader can skip lives in tools/: the command line's checks and safe writes (tools/cli.py), the
-reproduction of every number (tools/reproduce.py), the synthetic-7B timing (tools/synthetic.py).
+What a reader can skip (the command line's checks and safe writes, the reproduction, timings) is in tools/.
 """
 import copy
 import json
@@ -127,26 +126,43 @@ def layout_of(s: Settings) -> str:
 # -----------------------------------------------------------------------------
 # 1. Calibration and FIAS: two activation streams, one block at a time
 
-def block_steps(block, x, freqs_cis):
+@dataclass
+class Activations:
+    """Where the two streams' activations wait between uses, and in what dtype: float32 (exact; models under
+    1 B block weights, such as the embedded one), or 16 bits, half the memory (float16 by default: it keeps
+    3 more mantissa bits than bfloat16, and LLaMA's largest activations, a few thousand, are far below its
+    65504; an overflow is an error). On `held_on` (the compute device, or the CPU: --offload). Every
+    computation runs in float32 on `device`; statistics are accumulated in float32."""
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+    held_on: str = "cpu"
+
+    def keep(self, t):
+        kept = t.to(device=self.held_on, dtype=self.dtype)
+        if self.dtype == torch.float16 and not torch.isfinite(kept).all() and torch.isfinite(t).all():
+            raise QuantizationError("the activations overflow float16; use --act-dtype bf16 or fp32")
+        return kept
+
+    def use(self, t):
+        return t.to(device=self.device, dtype=torch.float32)
+
+
+def block_steps(block, x, freqs_cis, acts: Activations):
     """A transformer block's forward pass, paused before each group of linears that share an input: yields
     that input, so that the caller can quantize those linears in place before the pass goes on. Yields the
-    block's output last. Mirrors model.TransformerBlock.forward; `del` frees what a paused pass no longer
-    needs (a 7B block at 128 × 2048 tokens: 4 GiB per (B, T, dim) tensor)."""
-    a = block.attention_norm(x)
-    yield a                                                  # input of wq, wk, wv: (B, T, dim)
-    m = block.attention.mix(a, freqs_cis)
-    del a
-    yield m                                                  # input of wo: (B, T, dim)
-    h = x + block.attention.wo(m)
+    block's output last. Mirrors model.TransformerBlock.forward. A paused pass holds only x, m and h, as
+    `acts` keeps them; what is cheap to recompute is recomputed rather than held for every chunk: the norms,
+    and SwiGLU's (B, T, hidden_dim) activation g, the largest, recomputed for the output once w2 is quantized
+    (a 7B block at 128 × 2048 tokens: 11.5 GB per stream held in float32)."""
+    yield block.attention_norm(acts.use(x))                  # input of wq, wk, wv: (B, T, dim)
+    m = acts.keep(block.attention.mix(block.attention_norm(acts.use(x)), freqs_cis))
+    yield acts.use(m)                                        # input of wo: (B, T, dim)
+    h = acts.keep(acts.use(x) + block.attention.wo(acts.use(m)))
     del x, m
-    f = block.ffn_norm(h)
-    yield f                                                  # input of w1, w3: (B, T, dim)
-    g = block.feed_forward.hidden(f)
-    del f
-    yield g                                                  # input of w2: (B, T, hidden_dim)
-    out = h + block.feed_forward.w2(g)
-    del h, g
-    yield out                                                # the block's output
+    yield block.ffn_norm(acts.use(h))                        # input of w1, w3: (B, T, dim)
+    yield block.feed_forward.hidden(block.ffn_norm(acts.use(h)))            # input of w2: (B, T, hidden_dim)
+    h = acts.use(h)
+    yield acts.keep(h + block.feed_forward.w2(block.feed_forward.hidden(block.ffn_norm(h))))   # the output
 
 
 class Stats:
@@ -226,10 +242,11 @@ def fias_target(W, H, C, delta):
 class OutputErrors:
     """Σ‖Ŵ·x_q − W·x_fp‖² and Σ‖W·x_fp‖² for every linear of a block, as the two streams run chunk by
     chunk: a forward hook on each full-precision linear queues its output, the hook on the quantized twin
-    takes the oldest one, so chunk i of one stream meets chunk i of the other."""
+    takes the oldest one, so chunk i of one stream meets chunk i of the other. Only the linears in `active`
+    are measured: those just quantized, once per chunk (the output pass recomputes w1 and w3)."""
 
     def __init__(self, fp_block, q_block):
-        self.queued, self.err, self.ref = {}, {}, {}
+        self.queued, self.err, self.ref, self.active = {}, {}, {}, ()
         self.handles = []
         for name, mod in fp_block.named_modules():
             if isinstance(mod, nn.Linear):
@@ -239,11 +256,14 @@ class OutputErrors:
 
     def queue(self, name):
         def hook(module, inputs, output):
-            self.queued[name].append(output)
+            if name in self.active:
+                self.queued[name].append(output)
         return hook
 
     def compare(self, name):
         def hook(module, inputs, output):
+            if name not in self.active:
+                return
             ref = self.queued[name].pop(0).float()
             self.err[name] += torch.linalg.vector_norm(output.float() - ref).item() ** 2
             self.ref[name] += torch.linalg.vector_norm(ref).item() ** 2
@@ -508,14 +528,14 @@ def quantize_linears(weights: list, stats: Stats, s: Settings) -> list[Quantized
     return out
 
 
-def quantize_block(i: int, fp_block, xs_fp, xs_q, freqs_cis, s: Settings):
+def quantize_block(i: int, fp_block, xs_fp, xs_q, freqs_cis, s: Settings, acts: Activations):
     """Quantize block i's linears step by step (STEPS), each from its own two-stream statistics.
     xs_fp, xs_q: the block's inputs, one tensor per chunk of calibration samples (the lists are emptied, so
     that memory holds each input only as long as the pass needs it). Returns the QuantizedLinears by name,
     the next block's inputs in both streams, and the seconds spent per step."""
     q_block = copy.deepcopy(fp_block)
-    fp_runs = [block_steps(fp_block, x, freqs_cis) for x in xs_fp]
-    q_runs = [block_steps(q_block, x, freqs_cis) for x in xs_q]
+    fp_runs = [block_steps(fp_block, x, freqs_cis, acts) for x in xs_fp]
+    q_runs = [block_steps(q_block, x, freqs_cis, acts) for x in xs_q]
     xs_fp.clear(), xs_q.clear()   # consumed: the paused passes hold the inputs now, and drop them when they can
     errors = OutputErrors(fp_block, q_block)
     quantized, seconds = {}, {}
@@ -536,6 +556,7 @@ def quantize_block(i: int, fp_block, xs_fp, xs_q, freqs_cis, s: Settings):
             lin.weight.copy_(q.weight)
             quantized[name] = q
         seconds[names] = time.time() - t0
+        errors.active = names                                 # measured as the passes go on
     ys_fp = [next(run) for run in fp_runs]
     ys_q = [next(run) for run in q_runs]
     errors.remove()
@@ -610,22 +631,6 @@ def packed_file(net, packed: dict, specs: dict, info: dict) -> tuple[dict, dict]
 # The pipeline: every block in turn
 
 @dataclass
-class Calibration:
-    nsamples: int
-    seqlen: int
-    seed: int = 0
-
-
-def default_calibration(args: model.ModelArgs) -> Calibration:
-    """GPTQ's 128 × 2048 for real models; for small ones (the embedded 135M on 2 CPU cores) fewer tokens,
-    so that a run takes minutes: quantization time grows with the calibration tokens times the model size."""
-    per_block = 4 * args.dim * args.dim + 3 * args.dim * args.hidden_dim
-    if per_block * args.n_layers < 1e9:
-        return Calibration(nsamples=32, seqlen=512)
-    return Calibration(nsamples=128, seqlen=2048)
-
-
-@dataclass
 class Quantized:
     """What quantize() returns: every block linear packed, and the report."""
     packed: dict          # linear name -> its packed tensors by short name
@@ -634,23 +639,24 @@ class Quantized:
     damping_retries: list
 
 
-def quantize(net, tokens, s: Settings, device="cpu", log=print) -> Quantized:
+def quantize(net, tokens, s: Settings, device="cpu", log=print, acts: Activations | None = None) -> Quantized:
     """Quantize every block linear of `net` from calibration `tokens` (LongTensor [nsamples, seqlen]).
-    Only the current block and the two streams' activations live on `device`; each block leaves as packed
-    bytes."""
+    Only the current block lives on `device`, the two streams' activations where `acts` says (default: on
+    `device`, float32); each block leaves as packed bytes."""
+    acts = acts or Activations(torch.float32, device, device)
     args = net.args
     freqs = model.precompute_freqs_cis(args.dim // args.n_heads, tokens.shape[1], args.rope_theta, device)
     chunk = max(1, CHUNK_TOKENS // tokens.shape[1])
     DAMPING_RETRIES.clear()
     result = Quantized({}, {}, [], DAMPING_RETRIES)
     with torch.no_grad():
-        xs_fp = [net.tok_embeddings(t).to(device=device, dtype=torch.float32) for t in tokens.split(chunk)]
+        xs_fp = [acts.keep(net.tok_embeddings(t).float()) for t in tokens.split(chunk)]
         xs_q = xs_fp                                # the streams agree until the first block is quantized
         t_start = time.time()
         for i, layer in enumerate(net.layers):
             t0 = time.time()
             fp_block = copy.deepcopy(layer).to(device=device, dtype=torch.float32)
-            quantized, xs_fp, xs_q, seconds = quantize_block(i, fp_block, xs_fp, xs_q, freqs, s)
+            quantized, xs_fp, xs_q, seconds = quantize_block(i, fp_block, xs_fp, xs_q, freqs, s, acts)
             for names, sec in seconds.items():
                 for name in names:
                     prefix = f"layers.{i}.{name}"

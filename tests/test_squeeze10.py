@@ -441,3 +441,34 @@ def test_same_bytes_tells_identical_tensors_from_changed_ones(tmp_path, capsys):
     assert same_bytes.main([str(tmp_path / "one.safetensors"), str(tmp_path / "three.safetensors")]) == 1
     assert "1 tensors differ: b" in capsys.readouterr().out
     assert same_bytes.main([str(tmp_path / "one.safetensors"), str(tmp_path / "none")]) == 2
+
+
+def test_activations_in_16_bits_are_held_in_16_bits_and_change_little(monkeypatch):
+    """--act-dtype fp16: what the paused passes hold is float16 (half the memory), the statistics float32;
+    a rounding of the activations may tip a sign or a salient choice, but the layers' output errors stay
+    those of the exact run."""
+    args = llama.ModelArgs(**TINY)
+    m = llama.build_model(args, {k: (lambda v=v: v) for k, v in random_state(args).items()}, "toy")
+    tokens = torch.randint(0, args.vocab_size, (4, 16), generator=torch.Generator().manual_seed(9))
+    s = paper(group_size=G)
+    exact = sq.quantize(m, tokens, s, log=lambda msg: None)
+    held = []
+    real_keep = sq.Activations.keep
+    monkeypatch.setattr(sq.Activations, "keep", lambda self, t: held.append(real_keep(self, t)) or held[-1])
+    half = sq.quantize(m, tokens, s, log=lambda msg: None, acts=sq.Activations(torch.float16))
+    assert held and all(t.dtype == torch.float16 for t in held)
+    err32 = torch.tensor([r["rel_error"] for r in exact.report])
+    err16 = torch.tensor([r["rel_error"] for r in half.report])
+    assert not torch.equal(err32, err16)                          # the rounding did reach the quantizer
+    assert ((err16 - err32).abs() < 0.15 * err32).all() and (err16.mean() - err32.mean()).abs() < 0.03 * err32.mean()
+    with pytest.raises(sq.QuantizationError, match="overflow float16"):
+        sq.Activations(torch.float16).keep(torch.tensor([1.0, 1e6]))
+
+
+def test_the_default_activations_are_float32_for_small_models_and_16_bits_for_large():
+    small = llama.ModelArgs(**TINY)
+    assert cli.default_activations(sq, small, 1024, "cpu").dtype == torch.float32
+    big = synthetic.SHAPES["llama2-7b"]
+    acts = cli.default_activations(sq, big, 128 * 2048, "cpu")
+    assert acts.dtype == torch.float16 and acts.held_on == "cpu"
+    assert cli.default_activations(sq, big, 1024, "cpu", dtype="bf16").dtype == torch.bfloat16

@@ -18,7 +18,7 @@ import stat
 import sys
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -261,6 +261,7 @@ def quantize_parser(sq) -> Parser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="packed file (default out/NAME.PRESET.safetensors)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with the report")
+    add_memory_flags(p)
     s = p.add_argument_group("settings (each overrides the preset's field)")
     s.add_argument("--salient", type=float, help="fraction kept at --high-bits, in [0, 1]")
     s.add_argument("--high-bits", type=int, help="salient weights' bits, 2..8")
@@ -276,6 +277,13 @@ def quantize_parser(sq) -> Parser:
     s.add_argument("--column-scale", action=argparse.BooleanOptionalAction, default=None,
                    help="columns: binary weights μ ± α·c_j, one c per input column (ARB-LLM's RC)")
     return p
+
+
+def add_memory_flags(p: argparse.ArgumentParser):
+    p.add_argument("--act-dtype", default="auto", choices=("auto", *ACT_DTYPES),
+                   help="the activations between uses: auto (fp32 under 1 B block weights, else fp16)")
+    p.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None,
+                   help="on a GPU, hold the activations in CPU memory (default: when they would not fit)")
 
 
 def check_positive(a, flags: dict):
@@ -324,6 +332,43 @@ def settings_from_args(sq, preset: str, given: dict):
     return s
 
 
+# Run choices: the calibration's size, where and how the activations wait
+
+@dataclass
+class Calibration:
+    nsamples: int
+    seqlen: int
+    seed: int = 0
+
+
+def small_model(args) -> bool:
+    """Under 1 B block weights (the embedded 135M): the run choices below differ for such models."""
+    return (4 * args.dim * args.dim + 3 * args.dim * args.hidden_dim) * args.n_layers < 1e9
+
+
+def default_calibration(args) -> Calibration:
+    """GPTQ's 128 × 2048 for real models; for small ones (the embedded 135M on 2 CPU cores) fewer tokens,
+    so that a run takes minutes: quantization time grows with the calibration tokens times the model size."""
+    if small_model(args):
+        return Calibration(nsamples=32, seqlen=512)
+    return Calibration(nsamples=128, seqlen=2048)
+
+
+ACT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def default_activations(sq, args, tokens: int, device: str, dtype: str | None = None,
+                        offload: bool | None = None):
+    """float32 for small models (the embedded one keeps its exact numerics), float16 from 1 B block weights;
+    on a GPU, held in CPU memory (offload) when the two streams' x and m (or h and the output) would take
+    more than half the free device memory."""
+    dt = ACT_DTYPES[dtype or ("fp32" if small_model(args) else "fp16")]
+    if offload is None:
+        need = 4 * tokens * args.dim * dt.itemsize
+        offload = device.startswith("cuda") and need > torch.cuda.mem_get_info(torch.device(device))[0] / 2
+    return sq.Activations(dt, device, "cpu" if offload else device)
+
+
 class Job:
     """One quantization run, prepared: everything that can fail on bad input fails in `prepare`, before any
     quantization: the flags, the output path, the model, the tokenizer and the calibration text."""
@@ -350,8 +395,8 @@ class Job:
         self.out = check_writable(out, input_files(ckpt, a.tokenizer, rest[0] if rest else None))
         # bf16 keeps a 7B model in 13 GB; each block is quantized in fp32 on the device
         self.net = model.load_checkpoint(ckpt, dtype=torch.float32 if ckpt.suffix == ".gguf" else torch.bfloat16)
-        cal = sq.default_calibration(self.net.args)
-        cal = sq.Calibration(a.nsamples or cal.nsamples, a.seqlen or cal.seqlen, a.seed)
+        cal = default_calibration(self.net.args)
+        cal = Calibration(a.nsamples or cal.nsamples, a.seqlen or cal.seqlen, a.seed)
         if cal.seqlen > self.net.args.max_seq_len:   # positions the model never saw: its activations mean nothing
             raise UsageError(f"--seqlen {cal.seqlen}: longer than the model's context of "
                               f"{self.net.args.max_seq_len} tokens (its config's context length)")
@@ -362,9 +407,16 @@ class Job:
         if self.tokens.max() >= self.net.args.vocab_size:
             raise UsageError(f"{tokenizer_ref}: the tokenizer produces id {int(self.tokens.max())}, but the model "
                               f"has {self.net.args.vocab_size} tokens")
+        self.acts = default_activations(sq, self.net.args, cal.nsamples * cal.seqlen, a.device,
+                                        None if a.act_dtype == "auto" else a.act_dtype, a.offload)
         self.info = dict(preset=a.preset, settings=asdict(self.settings), calibration=asdict(cal),
                          calib_source=" ".join(map(str, a.calib)),
                          source="embedded" if a.ckpt is None else str(ckpt.resolve()), tokenizer=tokenizer_ref)
+
+
+def describe(acts) -> str:
+    """'float16 on cpu' for the report."""
+    return f"{str(acts.dtype).removeprefix('torch.')} on {acts.held_on}"
 
 
 def log(msg: str):
@@ -387,10 +439,10 @@ def quantize_command(sq, argv=None) -> int:
     log(f"{job.name}: {model.num_params(net) / 1e6:.1f}M parameters, {net.args.n_layers} blocks; "
         f"preset {a.preset}: " + ", ".join(f"{k}={v}" for k, v in asdict(s).items()))
     log(f"calibration: {tokens.shape[0]} x {tokens.shape[1]} tokens from {info['calib_source']}, seed {a.seed}; "
-        f"device {a.device}; writing {out}")
+        f"device {a.device}; activations {describe(job.acts)}; writing {out}")
     t_quant = time.time()
     try:
-        result = sq.quantize(net, tokens, s, a.device, log)
+        result = sq.quantize(net, tokens, s, a.device, log, job.acts)
     except sq.QuantizationError as e:
         print(f"error: {e}; no file written", file=sys.stderr)
         return 2
@@ -413,7 +465,8 @@ def quantize_command(sq, argv=None) -> int:
         return 2
     totals = summarize(result.report, out.stat().st_size, model.num_params(net))
     totals.update(quantize_seconds=round(quant_seconds, 1), wall_seconds=round(time.time() - t_start, 1),
-                  peak_rss_mb=round(peak_rss_mb()))
+                  seconds_per_block=round(quant_seconds / net.args.n_layers, 2), peak_rss_mb=round(peak_rss_mb()),
+                  activations=describe(job.acts))
     if a.device.startswith("cuda"):
         totals["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     print_report(result.report, totals, retries)

@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with the timings")
+    cli.add_memory_flags(p)
     a = p.parse_args(argv)
     try:
         cli.check_positive(a, {"blocks": 1, "nsamples": 1, "seqlen": 2})
@@ -59,21 +60,23 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     full = SHAPES[a.name]
-    cal = sq.default_calibration(full)
-    cal = sq.Calibration(a.nsamples or cal.nsamples, a.seqlen or cal.seqlen, a.seed)
+    cal = cli.default_calibration(full)
+    cal = cli.Calibration(a.nsamples or cal.nsamples, a.seqlen or cal.seqlen, a.seed)
+    acts = cli.default_activations(sq, full, cal.nsamples * cal.seqlen, a.device,    # as for the whole model
+                                   None if a.act_dtype == "auto" else a.act_dtype, a.offload)
     net = synthetic_model(a.name, a.blocks, a.seed)
     gen = torch.Generator().manual_seed(a.seed)
     tokens = torch.randint(full.vocab_size, (cal.nsamples, cal.seqlen), generator=gen)
     cli.log(f"{a.name}, {a.blocks} of {full.n_layers} blocks, random weights; calibration {asdict(cal)}; "
-            f"preset {a.preset}; device {a.device}")
+            f"preset {a.preset}; device {a.device}; activations {cli.describe(acts)}")
     t0 = time.time()
-    result = sq.quantize(net, tokens, sq.PRESETS[a.preset], a.device, cli.log)
+    result = sq.quantize(net, tokens, sq.PRESETS[a.preset], a.device, cli.log, acts)
     seconds = time.time() - t0
     weights = [r["shape"][0] * r["shape"][1] for r in result.report]
     totals = dict(name=a.name, blocks=a.blocks, model_blocks=full.n_layers, calibration=asdict(cal),
                   quantize_seconds=round(seconds, 1), seconds_per_block=round(seconds / a.blocks, 1),
                   extrapolated_seconds=round(seconds / a.blocks * full.n_layers, 1),
-                  peak_rss_mb=round(cli.peak_rss_mb()),
+                  peak_rss_mb=round(cli.peak_rss_mb()), activations=cli.describe(acts),
                   bits_per_linear_weight=dict(total=8 * sum(r["bytes"] for r in result.report) / sum(weights)))
     if a.device.startswith("cuda"):
         totals["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
