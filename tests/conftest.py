@@ -16,6 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 if not torch.cuda.is_available():  # Triton kernels run on the CPU, interpreted (read when kernels.py is imported)
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# where the Triton kernels' tensors go: the GPU when there is one (compiled Triton takes CUDA tensors only)
+TRITON_DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+
+
+def on_triton_device(fn, x, tensors, *args, **kwargs):
+    """fn(x, tensors, ...) with x and every tensor moved to TRITON_DEVICE; the result back on the CPU."""
+    moved = {k: v.to(TRITON_DEVICE) for k, v in tensors.items()}
+    args = [a.to(TRITON_DEVICE) if isinstance(a, torch.Tensor) else a for a in args]
+    return fn(x.to(TRITON_DEVICE), moved, *args, **kwargs).cpu()
 
 import data  # noqa: E402
 import model as llama  # noqa: E402

@@ -14,6 +14,7 @@ import torch
 import eval as ev
 import kernels
 import model as llama
+from conftest import TRITON_DEVICE
 from test_kernels import write_packed
 from test_triton_columns import CONFIGS, random_columns_linear, rel_err
 from tools import bench
@@ -80,7 +81,8 @@ def test_perplexity_of_a_version_2_file_through_every_backend(packed_v2, capsys)
     ppl = {}
     for backend in ("reference", "numba", "triton"):
         rc = ev.main(["--ckpt", str(packed_v2 / "q.safetensors"), "--text", str(packed_v2 / "text.txt"),
-                      "--seqlen", "32", "--windows", "2", "--backend", backend, "--json"])
+                      "--seqlen", "32", "--windows", "2", "--backend", backend, "--json",
+                      "--device", TRITON_DEVICE if backend == "triton" else "cpu"])
         out, err = capsys.readouterr()
         assert rc == 0, err
         ppl[backend] = json.loads(out.strip().splitlines()[-1])["ppl"]

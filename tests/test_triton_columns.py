@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import kernels
+from conftest import on_triton_device
 
 # out, in, group_size, block_rows (None: the whole layer), k, high_bits, scales, column_scale
 CONFIGS = [
@@ -79,7 +80,7 @@ def test_the_columns_kernel_matches_a_float64_dense_product(config):
     # a program; 1 and 2: a program walks many, carrying its count of salient columns across them
     for batch, splits in ((1, None), (3, 1), (17, 2)):
         x = torch.randn(batch, spec["shape"][1], generator=torch.Generator().manual_seed(batch))
-        y = kernels.triton_matmul_columns(x, t, spec, table, splits=splits)
+        y = on_triton_device(kernels.triton_matmul_columns, x, t, spec, table, splits=splits)
         assert y.shape == (batch, spec["shape"][0]) and y.dtype == torch.float32
         assert rel_err(y, x.double() @ W.T) < 1e-5, (config, batch, splits)
 
@@ -89,7 +90,7 @@ def test_every_split_of_the_row_groups_gives_the_same_product(splits):
     t, spec = random_columns_linear(70, 300, 24, 32, 61, 4, "fp8", True, seed=1)   # 13 row-groups
     W = kernels.dequantize_columns(t, spec).double()
     x = torch.randn(2, 300, generator=torch.Generator().manual_seed(0))
-    y = kernels.triton_matmul_columns(x, t, spec, splits=splits)
+    y = on_triton_device(kernels.triton_matmul_columns, x, t, spec, splits=splits)
     assert rel_err(y, x.double() @ W.T) < 1e-5
 
 
@@ -106,10 +107,10 @@ def test_the_table_counts_salient_columns_left_of_each_row_group():
 def test_batched_inputs_keep_their_leading_dimensions():
     t, spec = random_columns_linear(33, 150, 128, 5, 29, 4, "fp16", True)
     x = torch.randn(2, 3, 150, generator=torch.Generator().manual_seed(4))
-    y = kernels.triton_matmul_columns(x, t, spec)
+    y = on_triton_device(kernels.triton_matmul_columns, x, t, spec)
     ref = x.double() @ kernels.dequantize_columns(t, spec).double().T
     assert y.shape == (2, 3, 33) and rel_err(y, ref) < 1e-5
-    y16 = kernels.triton_matmul_columns(x.half(), t, spec)                # y in x's dtype, summed in fp32
+    y16 = on_triton_device(kernels.triton_matmul_columns, x.half(), t, spec)                # y in x's dtype, summed in fp32
     ref16 = x.half().double() @ kernels.dequantize_columns(t, spec).double().T
     assert y16.dtype == torch.float16 and rel_err(y16, ref16) < 1e-3      # fp16's rounding of y
 
