@@ -5,6 +5,7 @@ Groups of 24 columns make the tiny model's 32 inputs a full group and a narrow o
 inputs are 4 × 128 + 64.
 """
 import dataclasses
+import copy
 import hashlib
 import json
 import math
@@ -192,7 +193,10 @@ def test_fias_modes_see_the_documented_activations(monkeypatch, fias):
     m = llama.build_model(args, {k: (lambda v=v: v) for k, v in random_state(args).items()}, "toy")
     tokens = torch.randint(0, args.vocab_size, (4, 16), generator=torch.Generator().manual_seed(9))
     seen, real = [], sq.quantize_linears
-    monkeypatch.setattr(sq, "quantize_linears", lambda w, stats, s: seen.append(stats) or real(w, stats, s))
+    def spy(w, stats, s):                                   # a copy: quantize_linears frees the sums it used
+        seen.append(copy.deepcopy(stats))
+        return real(w, stats, s)
+    monkeypatch.setattr(sq, "quantize_linears", spy)
     s = paper(group_size=G, fias=fias)
     result = sq.quantize(m, tokens, s, log=lambda msg: None)
     packed, specs = result.packed, result.specs

@@ -30,14 +30,15 @@ SHAPES = {  # real shapes: times the pipeline at scale without downloading anyth
 
 
 def synthetic_model(name: str, blocks: int, seed: int) -> model.Transformer:
-    """`blocks` transformer blocks of a model's real shapes, weights ~ N(0, 0.02²), norms 1."""
+    """`blocks` transformer blocks of a model's real shapes, weights ~ N(0, 0.02²), norms 1; in bfloat16, as
+    squeeze10.py loads a real checkpoint (each block is quantized in float32)."""
     args = replace(SHAPES[name], n_layers=blocks)
     gen = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         shapes = {n: tuple(p.shape) for n, p in model.Transformer(args).state_dict().items()}
     tensors = {n: (lambda shape=shape, n=n: torch.ones(shape) if n.endswith("norm.weight")
                    else torch.randn(shape, generator=gen) * 0.02) for n, shape in shapes.items()}
-    return model.build_model(args, tensors, Path(f"synthetic {name}"))
+    return model.build_model(args, tensors, Path(f"synthetic {name}"), dtype=torch.bfloat16)
 
 
 def main(argv=None) -> int:
