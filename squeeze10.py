@@ -92,8 +92,7 @@ class Settings:
     fias: str = "target"       # target | input | off
     compensate: bool = True    # GPTQ error feedback (False: round to nearest)
     stage3_from: str = "mid"   # stage 3 quantizes W_mid (METHOD.md), or "fp": W itself, stage 1 only ranks
-    structure: str = "columns"  # columns (version 2: K salient input columns shared by block_rows rows)
-                               # | groups (version 1: each row-group of each row picks its own k salient weights)
+    structure: str = "columns"  # columns (v2: K salient columns per block_rows rows) | groups (v1: k per row-group)
     block_rows: int | None = 32  # columns: rows that share one choice of salient columns; None: the whole layer
     scales: str = "fp8"        # fp8: μ, α, scale as float8 e4m3 × a power of two per linear | fp16 (version 1)
     column_scale: bool = True  # columns: binary weights μ ± α·c_j, one c per input column (ARB-LLM's RC)
@@ -112,6 +111,8 @@ PRESETS = {  # METHOD.md's table: baselines are presets of the same pipeline
     "gptq4": Settings(salient=1.0, high_bits=4, **BASELINE),
     "xnor": Settings(salient=0.0, compensate=False, **BASELINE),   # every weight binary, round to nearest
 }
+
+
 class SettingsError(ValueError):
     """Bad settings or arguments: a one-line message."""
 
@@ -128,11 +129,10 @@ def layout_of(s: Settings) -> str:
 
 @dataclass
 class Activations:
-    """Where the two streams' activations wait between uses, and in what dtype: float32 (exact; models under
-    1 B block weights, such as the embedded one), or 16 bits, half the memory (float16 by default: it keeps
-    3 more mantissa bits than bfloat16, and LLaMA's largest activations, a few thousand, are far below its
-    65504; an overflow is an error). On `held_on` (the compute device, or the CPU: --offload). Every
-    computation runs in float32 on `device`; statistics are accumulated in float32."""
+    """Where the two streams' activations wait between uses, and in what dtype: float32 (exact; the embedded
+    model), or 16 bits, half the memory (float16 by default: 3 more mantissa bits than bfloat16, and LLaMA's
+    largest activations, a few thousand, are far below its 65504; an overflow is an error), on `held_on` (the
+    device, or the CPU: --offload). Every computation runs in float32 on `device`, as the statistics do."""
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
     held_on: str = "cpu"
