@@ -344,11 +344,11 @@ def c4_eval_text(path) -> str:
 # -----------------------------------------------------------------------------
 # Calibration (GPTQ's protocol)
 
-def random_windows(ids: list[int], nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
+def random_windows(ids: list[int], nsamples: int, seqlen: int, seed: int = 0, source: str = "calibration text"):
     """`nsamples` random windows of `seqlen` tokens from one token stream: LongTensor [nsamples, seqlen].
     GPTQ's wikitext2 sampling: random.seed(seed), start = randint(0, len - seqlen - 1)."""
     if len(ids) <= seqlen:
-        raise DataError(f"calibration text has {len(ids)} tokens, not more than one window of {seqlen}")
+        raise DataError(f"{source}: {len(ids)} tokens, not more than one calibration window of {seqlen}")
     random.seed(seed)
     starts = [random.randint(0, len(ids) - seqlen - 1) for _ in range(nsamples)]
     return torch.tensor([ids[s:s + seqlen] for s in starts], dtype=torch.long)
@@ -384,14 +384,15 @@ def calibration_set(tokenizer: Tokenizer, source: str = "embedded", path=None, n
         return random_document_windows(c4_documents(path, "train"), tokenizer, nsamples, seqlen, seed)
     if source == "wikitext2":
         path = Path(path)
-        text = wikitext2_text(path / "wiki.train.raw" if path.is_dir() else path)
+        path = path / "wiki.train.raw" if path.is_dir() else path
+        text = wikitext2_text(path)
     elif source == "text":
         text = read_text_file(path)
     elif source == "embedded":
-        text = embedded_text("c4")
+        path, text = "the embedded c4.utf8", embedded_text("c4")
     else:
         raise DataError(f"unknown calibration source {source!r}; choose c4, wikitext2, text or embedded")
-    return random_windows(tokenizer.encode(text, bos=tokenizer.add_bos), nsamples, seqlen, seed)
+    return random_windows(tokenizer.encode(text, bos=tokenizer.add_bos), nsamples, seqlen, seed, str(path))
 
 
 # -----------------------------------------------------------------------------

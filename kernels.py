@@ -315,8 +315,8 @@ def grid_weights(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -
 
 
 def binary_weights(plus: torch.Tensor, mu: torch.Tensor, alpha: torch.Tensor, colscale=None) -> torch.Tensor:
-    """Binary weights: μ + α where `plus` (bool), else μ − α; with column scales c_j, μ ± α·c_j (ARB-LLM's RC).
-    Float32 tensors that broadcast against each other."""
+    """Binary weights: μ + α where `plus` (bool), else μ − α; with column scales c_j, μ ± α·c_j
+    (ARB-LLM's RC). Float32 tensors that broadcast against each other."""
     ac = alpha if colscale is None else alpha * colscale
     return torch.where(plus, mu + ac, mu - ac)
 
@@ -484,7 +484,7 @@ def reference_matmul(x: torch.Tensor, tensors: dict, spec: dict) -> torch.Tensor
 
 def lookup_signed_sums(x: torch.Tensor, plus: torch.Tensor) -> torch.Tensor:
     """Σ_j s_j·x_j for every row of signs s = ±1 (plus (rows, in) bool: s = +1), the way the CPU kernels do it
-    (T-MAC): Σ s·x = 2·Σ₊x − Σx, and Σ₊x costs one table lookup per 8 weights. x (in,) float32 -> (rows,)."""
+    (T-MAC): Σ s·x = 2·Σ₊x − Σx, Σ₊x costing one table lookup per 8 weights. x (in,) float32 -> (rows,)."""
     x8 = torch.nn.functional.pad(x, (0, -len(x) % 8)).reshape(-1, 8)         # (bytes, 8): 8 activations a byte
     bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1              # (256, 8): the bits of each byte value
     T = x8 @ bits.T.float()                       # (bytes, 256): T[b, v] = Σ of byte b's activations set in v
@@ -499,8 +499,8 @@ def lookup_signed_sums(x: torch.Tensor, plus: torch.Tensor) -> torch.Tensor:
 # What a batch-1 product must do, per row-group of 128 weights (26 of them salient, 4-bit):
 #   read    16 sign bytes, 26 salient entries of 2 bytes, 16 bytes of group constants (the file's trits are
 #           repacked once, when the model is loaded, into this layout: `cpu_layout`);
-#   compute y += (μ−α)·Σx + 2α·Σ_{plus} x          over all 128 weights — the identity Σ s·x = 2·Σ_{s=+1} x − Σ x —
-#              + scale·Σ_sal code·x − (scale·zero + μ−α)·Σ_sal x     a correction at the 26 salient positions.
+#   compute y += (μ−α)·Σx + 2α·Σ_{plus} x       over all 128 weights (as Σ s·x = 2·Σ_{s=+1} x − Σ x)
+#              + scale·Σ_sal code·x − (scale·zero + μ−α)·Σ_sal x       a correction at the 26 salient ones
 # Σ_{plus} x costs one table lookup per 8 weights (T-MAC; `lookup_signed_sums` above is the same in torch): per
 # call, each sign-byte position b gets the 256 subset sums of its 8 activations, so a sign byte is its own index.
 # The salient weights are a list of (code << pos_bits | position) entries, a fixed number per row-group, so
@@ -830,8 +830,8 @@ def _define_intrinsics():
 
     @numba.extending.intrinsic
     def _expand_signs(typingctx, signs, s_at, w, const, c_at, dst, d_at, stride):
-        """dst.flat[d_at + j·stride + lane] = μ−α + 2α·(bit j), j < w, for the 16 rows of one block (const.flat[c_at:]
-        holds 2α then μ−α, 16 each)."""
+        """dst.flat[d_at + j·stride + lane] = μ−α + 2α·(bit j), j < w, for the 16 rows of one block
+        (const.flat[c_at:] holds 2α then μ−α, 16 each)."""
         return _ir_call("sq10_expand", ("uint8", "i64", "float32", "float32", "i64"),
                         signs, s_at, w, const, c_at, dst, d_at, stride)
 
@@ -993,7 +993,8 @@ def numba_matmul(x: torch.Tensor, lay: dict, ir: bool | None = None) -> torch.Te
 #
 # With the salient columns shared by a block of rows, the product of row r (in row-block b) with x splits, per
 # row-group g of original columns, into sums that need no gather per weight:
-#   binary   Σ_{j∈B∩g} (μ + α·c_j·s_j)·x_j = μ·Σ_{B∩g} x + α·(2·Σ_{B∩g, s_j=+1} c_j·x_j − Σ_{B∩g} c_j·x_j)
+#   binary   Σ_{j∈B∩g} (μ + α·c_j·s_j)·x_j
+#              = μ·Σ_{B∩g} x + α·(2·Σ_{B∩g,s=+1} c_j·x_j − Σ_{B∩g} c_j·x_j)
 #   salient  Σ_{i∈S∩g} scale·(code_i − zero)·x_i = scale·Σ_{S∩g} code_i·x_i − scale·zero·Σ_{S∩g} x
 # (B, S: the block's binary and salient columns; c_j: the column scales, 1 without them; s_j = ±1.)
 #  - Σ over s_j = +1 is T-MAC's table lookup. The CPU layout spreads each row's sign bits back over all input

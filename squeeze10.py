@@ -230,9 +230,9 @@ def safe_cholesky(H, upper: bool = False):
 def fias_target(W, H, C, delta):
     """W* = W·(C + δI)·(H + δI)⁻¹, with H already damped (H = H̃ + δI).
 
-    ‖W·X_fpᵀ − Ŵ·X_qᵀ‖² + δ‖W − Ŵ‖² = const + ‖(W* − Ŵ)·X_qᵀ‖² + δ‖W* − Ŵ‖² (in units of n/2), so every
-    stage below quantizes W* against H unchanged. Where the streams agree (C = H̃), W* = W. Solved in
-    float64 through H's Cholesky factor; never inverted."""
+    ‖W·X_fpᵀ − Ŵ·X_qᵀ‖² + δ‖W − Ŵ‖²
+        = const + ‖(W* − Ŵ)·X_qᵀ‖² + δ‖W* − Ŵ‖² (in units of n/2), so every stage below quantizes W*
+    against H unchanged. Where the streams agree (C = H̃), W* = W. Solved in float64 through H's Cholesky."""
     L = safe_cholesky(H.double())
     C = C.double()
     C.diagonal().add_(delta)                                  # C + δI, without an (in, in) identity
@@ -351,8 +351,8 @@ class Params:
 def gptq(W, U, salient, bits: int, group_size: int, unit=None, colscale=None, compensate: bool = True):
     """GPTQ (Frantar et al. 2022): quantize W (out, in) one column at a time, in order, and spread each
     column's error over the columns not yet quantized along the rows of U (the upper Cholesky factor of
-    H⁻¹), which minimises ‖(W − Ŵ)·Xᵀ‖² for the H = 2XᵀX/n that U came from. A row-group's parameters are
-    fitted when the loop enters it, on the weights compensated so far. Lazy batch updates: inside a
+    H⁻¹), which minimises ‖(W − Ŵ)·Xᵀ‖² for the H = 2XᵀX/n that U came from. A row-group's
+    parameters are fitted when the loop enters it, on the weights compensated so far. Lazy batch updates: inside a
     row-group only the group's columns are updated; the rest get one matmul per group.
     salient (out, in): True on the `bits`-bit grid, False to μ ± α; unit (out,): fp8 parameters' power of
     two per row (None: fp16); colscale (out, in): each row's column scales c_j (None: μ ± α).
@@ -389,7 +389,7 @@ def gptq(W, U, salient, bits: int, group_size: int, unit=None, colscale=None, co
 # 3. PBAR salience, and the salient sets it chooses
 
 def binarize(W, group_size: int):
-    """Each row-group's candidate binarization: μ + α·sign(w − μ), μ = mean(w), α = mean|w − μ| (w ≥ μ -> +)."""
+    """Each row-group's candidate binarization: μ + α·sign(w − μ), μ = mean(w), α = mean|w − μ|."""
     out = torch.empty_like(W)
     for g0 in range(0, W.shape[1], group_size):
         w = W[:, g0:g0 + group_size]
@@ -516,8 +516,7 @@ def quantize_linears(weights: list, stats: Stats, s: Settings) -> list[Quantized
     unit = None
     if s.scales == "fp8":                                      # each row's power of two: its linear's
         unit = torch.cat([torch.full((n,), 2.0 ** e) for n, e in zip(rows, exps)]).to(W.device)
-    c = [None] * len(rows)
-    c_rows = None
+    c, c_rows = [None] * len(rows), None                       # column scales: per linear, and per row
     if s.column_scale and 0 < s.salient < 1:
         c = [column_scales(w, m, G, kernels.SCALE_DTYPES[s.scales]) for w, m in zip(W_mid.split(rows),
                                                                                      mask.split(rows))]
@@ -654,7 +653,7 @@ def quantize(net, tokens, s: Settings, device="cpu", log=print, acts: Activation
     freqs = model.precompute_freqs_cis(args.dim // args.n_heads, tokens.shape[1], args.rope_theta, device)
     chunk = max(1, CHUNK_TOKENS // tokens.shape[1])
     DAMPING_RETRIES.clear()
-    result = Quantized({}, {}, [], DAMPING_RETRIES)
+    result = Quantized({}, {}, [], [])
     with torch.no_grad():
         xs_fp = [acts.keep(net.tok_embeddings(t).float()) for t in tokens.split(chunk)]
         xs_q = xs_fp                                # the streams agree until the first block is quantized
@@ -680,6 +679,7 @@ def quantize(net, tokens, s: Settings, device="cpu", log=print, acts: Activation
             eta = done / (i + 1) * (args.n_layers - i - 1)
             log(f"block {i + 1}/{args.n_layers} in {time.time() - t0:.1f} s (ETA {eta:.0f} s); "
                 f"relative output error {errs}")
+    result.damping_retries = list(DAMPING_RETRIES)   # a copy: the next quantize() empties the list
     return result
 
 

@@ -2,6 +2,6 @@
 driver (`reproduce.py`), the benchmarks (`bench.py`), the synthetic-7B timing (`synthetic.py`), a checkpoint's
 load timing (`load.py`), the GPU check (`gpu_check.py`) and a refactor's proof (`same_bytes.py`).
 
-Imports flow one way: `cli.py` imports nothing of the project (the programs' main() functions use it); the
+Imports flow one way: `cli.py` imports only `data` at import time (the programs' main() functions use it); the
 drivers import the five top-level files; nothing at the top level imports a driver.
 """

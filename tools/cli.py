@@ -23,11 +23,7 @@ from pathlib import Path
 
 import torch
 
-
-def first_line(e: BaseException) -> str:
-    """An exception's message in one line (torch's and safetensors' messages run over several)."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+from data import first_line  # noqa: F401  (the tools call it as cli.first_line)
 
 
 class Parser(argparse.ArgumentParser):
