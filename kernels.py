@@ -72,6 +72,7 @@ A file is version 2 when any linear uses this layout; the other layouts write ve
 import hashlib
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -546,6 +547,7 @@ def load_numba():
     import numba.extending       # noqa: F401
     numba = numba_module
     _define_intrinsics()
+    _define_nibble_intrinsics()
     for name, (fn, options) in _CPU_KERNELS.items():
         globals()[name] = numba.njit(**options)(fn)
 
@@ -777,6 +779,8 @@ def _link_ir(context):
     library = context.active_code_library
     if not getattr(library, "_sq10_loops", False):
         library.add_llvm_module(llvm.parse_assembly(_LOOPS_IR))
+        for isa, ir in _NIBBLE_IR.items():             # version 2's: the stub where the CPU lacks the instructions
+            library.add_llvm_module(llvm.parse_assembly(ir if isa in cpu_isas() else _NIBBLE_STUBS[isa]))
         library._sq10_loops = True
 
 
@@ -997,175 +1001,685 @@ def numba_matmul(x: torch.Tensor, lay: dict, ir: bool | None = None) -> torch.Te
 #              = μ·Σ_{B∩g} x + α·(2·Σ_{B∩g,s=+1} c_j·x_j − Σ_{B∩g} c_j·x_j)
 #   salient  Σ_{i∈S∩g} scale·(code_i − zero)·x_i = scale·Σ_{S∩g} code_i·x_i − scale·zero·Σ_{S∩g} x
 # (B, S: the block's binary and salient columns; c_j: the column scales, 1 without them; s_j = ±1.)
-#  - Σ over s_j = +1 is T-MAC's table lookup. The CPU layout spreads each row's sign bits back over all input
-#    columns in their original order (0 at the salient ones), so one set of tables per call serves every row
-#    of the layer: T[m, p, v] = Σ of c_j·x_j over the bits set in v, j the 8 columns of sign byte p, for row m
-#    of x. One lookup per 8 weights.
-#  - Σ_{S∩g} code·x is a dense product of the block's codes with its salient activations x_S, gathered once
-#    per block and shared by its block_rows rows.
-#  - The block sums Σ_{B∩g} x = Σ_g x − Σ_{S∩g} x (and the same with c_j) come once per block, too.
-# The layout is transposed per row-block: for each sign byte, and for each salient column, the block_rows rows'
-# entries are adjacent, so the innermost loop runs over the rows of the block — a vector loop for the codes
-# (every row multiplies the same x_S[i]), and for the signs block_rows lookups into one 1 KB table row, in L1.
-# Measured here against the alternatives (11008×4096, one thread): rows in order with a loop per row-group:
-# 13 ms for the codes and 6.9 ms for the lookups; transposed: 1.7 and 4.9 ms; scalar lookups are the floor
-# (~1 ns each on this AMD CPU, whose AVX2 gathers are slower than scalar loads).
-# Up to COLUMNS_TABLE_BATCH rows of x use the tables, in passes over row-groups so that one pass's tables stay
-# in L2; larger batches (prefill, perplexity) decode tiles of rows to float32 and multiply by BLAS, as version 1
-# does. Everything here is plain numba: no IR, no intrinsics.
+#  - Σ over s_j = +1 by nibble tables (T-MAC): each row's sign bits are spread back over all input columns in
+#    their original order (0 at the salient ones), so one table set per call serves every row of the layer:
+#    for each quad of 4 columns, T[v] = Σ of c_j·x_j over the bits set in v, 16 entries. One lookup per 4 weights.
+#  - Σ_{S∩g} code·x: the block's codes times its gathered salient activations, 32 rows at a time.
+#  - The sums over B come from the row-group's Σ x and Σ c·x less the salient ones', once per record.
+#
+# The in-memory layout (`columns_cpu_layout`, made once at load). Rows go in lane blocks of 32 (a row-block of R
+# rows is cut into ceil(R/32) of them; the rows past R are zeros), and each (lane block, row-group) is one record
+# of contiguous bytes, so that a thread reads its lane blocks as one stream:
+#
+#   struct record {                               // 16-byte aligned; nq = ceil(w/4) quads, n salient columns
+#       bf16|fp32 const[4][32];   // α, μ, scale, scale·zero of the 32 rows: bf16 where every value of the linear
+#                                 //   survives the round trip (fp8 parameters do, and their scale·zero), else fp32
+#       uint8 signs[nq][16];      // quad q (columns 4q .. 4q+3 of the row-group): byte t holds row t's four sign
+#                                 //   bits in its low nibble, row 16+t's in its high one; bit u set: column 4q+u is
+#                                 //   binary with s = +1 (0: s = −1, or salient)
+#       uint8 codes[n][planes][16];   // the salient columns' codes, nibble plane p = bits 4p .. 4p+3, bytes as the
+#                                 //   signs' (planes: 1 for codes of up to 4 bits, 2 up to 8)
+#       uint16 cols[n];           // the salient columns, ascending
+#   };
+#
+# At the default preset (R 32, G 128, k = 0.2·in, 4 bits, fp8): 256 + 512 + 410 + 51 bytes per 4096 weights,
+# 2.4 bits a weight, against the file's 1.9 (which stores signs only for the binary columns, and fp8 constants)
+# and the previous layout's 3.6 (a code per byte, fp32 constants, int64 columns).
+#
+# The fast path (LLVM IR below, `sq10_nibbles`, `sq10_codes`) keeps 32 rows' sums in registers and looks a quad
+# up for 32 rows with four byte shuffles (vpshufb: the table's 16 entries sit in a register, the 32 nibbles are
+# the indices). A shuffle returns bytes, so each fp32 table is stored as 4 byte planes (byte k of every entry);
+# the four shuffled planes are interleaved back into exact fp32 values: the tables stay exact, the sums are the
+# plain twin's to the bit. The IR needs AVX2 (AVX-512 CPUs have it): elsewhere the plain twins run (and say so
+# once). Up to COLUMNS_TABLE_BATCH rows of x share each record's load, one table set per activation row; larger
+# batches (prefill, perplexity) decode tiles of rows to float32 and multiply by BLAS, as version 1 does.
 
-COLUMNS_TABLE_BATCH = 4    # up to this many rows of x: the table kernel; above: decoded tiles and BLAS
-TABLE_BYTES = 256 << 10    # the tables of one pass: at most this many bytes (this CPU's L2: 512 KB per core)
+COLUMNS_TABLE_BATCH = 16   # up to this many rows of x: the table kernel; above: decoded tiles and BLAS
+TABLE_BYTES = 256 << 10    # the tables (byte planes) of one pass over row-groups: at most this many bytes, in L2
+ROWS = 32                  # rows per lane block: one byte shuffle of 32 nibbles (the IR is written for 32)
 
 
 @dataclass
 class ColumnsLayout:
-    """One columns-layout linear repacked for the numba kernels, made once at load by `columns_cpu_layout`
-    (~3.6 bits per weight for the default preset; the file: 1.9). R = block_rows; the last row-block is padded
-    with zero rows to R."""
-    signs: np.ndarray      # uint8 (row-blocks, sign bytes, R): per row-group ceil(w/8) bytes; bit t of byte p is 1
-                           # where that column is binary with s = +1 (0: s = −1, or salient)
-    codes: np.ndarray      # uint8 (row-blocks, k, R): the code of the row-block's i-th salient column
-    const: np.ndarray      # float32 (row-blocks, ng, 4, R): α, μ, scale, scale·zero
-    salient: np.ndarray    # int64 (row-blocks, k): each row-block's salient columns, ascending
-    sal_at: np.ndarray     # int64 (row-blocks, ng + 1): where row-group g's columns start in `salient`
-    groups: np.ndarray     # int64 (ng, 4): first column, width, sign bytes [start, end)
-    colscale: np.ndarray   # float32 (in,): c_j (ones without column scales)
-    shape: tuple
+    """One columns-layout linear (or several with the same input, `fuse_columns`) repacked for the numba
+    kernels by `columns_cpu_layout`, once at load."""
+    data: np.ndarray       # uint8 (bytes,): the records, lane block after lane block, row-group after row-group
+    at: np.ndarray         # int64 (lane blocks, ng): where each record starts in data (a multiple of 16)
+    count: np.ndarray      # int64 (lane blocks, ng): its salient columns
+    part: np.ndarray       # int64 (lane blocks,): which linear the lane block belongs to (0 but in fused layouts)
+    colscale: np.ndarray   # float32 (linears, in): c_j of each linear (ones without column scales)
+    wide: np.ndarray       # int64 (linears,): 1 if its constants are fp32, 0 if bf16
+    planes: np.ndarray     # int64 (linears,): nibble planes of a code
+    groups: np.ndarray     # int64 (ng, 4): first column, width, first quad, quads
+    outputs: list          # per linear, int64 (out,): where its rows sit among the lane blocks' 32·L rows
+    shape: tuple           # (Σ out, in)
+
+    def __post_init__(self):   # each linear's rows: (first, count) where they are consecutive (the rule), or None
+        self.spans = [(int(o[0]), len(o)) if np.array_equal(o, np.arange(o[0], o[0] + len(o))) else None
+                      for o in self.outputs]
 
     def nbytes(self) -> int:
-        return sum(getattr(self, f).nbytes for f in ("signs", "codes", "const", "salient", "sal_at", "colscale"))
+        """The bytes a product reads of the layout (the tables and x come on top: in cache)."""
+        return self.data.nbytes + self.at.nbytes + self.count.nbytes
+
+
+ISAS = ("plain", "avx2", "avx512")   # version 2's lookups: plain numba, byte shuffles (AVX2), fp32 permutes (AVX-512)
+
+
+def cpu_isas() -> tuple:
+    """The lookups numba can compile for its target CPU (NUMBA_CPU_FEATURES, else this machine's features):
+    "plain" always, "avx2" and "avx512" where the CPU has AVX2 / AVX-512F. An IR loop whose instructions the
+    target lacks is linked as a stub (an x86 intrinsic would not compile), never called. Asked once."""
+    global _CPU_ISAS
+    if _CPU_ISAS is None:
+        from llvmlite import binding
+        load_numba()
+        features = (numba.config.CPU_FEATURES or binding.get_host_cpu_features().flatten()).split(",")
+        _CPU_ISAS = tuple(isa for isa, flag in zip(ISAS, ("", "+avx2", "+avx512f")) if not flag or flag in features)
+    return _CPU_ISAS
+
+
+_CPU_ISAS = None
+_SAID = set()   # the notices already printed (each one once per process)
+
+
+def nibble_isa() -> str:
+    """Version 2's default lookups: the widest the CPU has ("plain" with SQUEEZE10_PLAIN_KERNELS=1). Where the
+    CPU has neither AVX2 nor AVX-512 the plain twins run, and say so once."""
+    if not IR_LOOPS:
+        return "plain"
+    isas = cpu_isas()
+    if isas == ("plain",) and "plain" not in _SAID:
+        _SAID.add("plain")
+        print("kernels.py: this CPU has no AVX2: version 2's table lookups run their plain numba twins (slower, "
+              "the same bits)", file=sys.stderr)
+    return isas[-1]
 
 
 def columns_cpu_layout(tensors: dict, spec: dict) -> ColumnsLayout:
-    """Repack a columns-layout linear (the file's tensors, checked) for the numba kernels."""
+    """Repack a columns-layout linear (the file's tensors, checked) into records (above)."""
     codes, mask, mu, alpha, scale, zero, colscale = unpack_columns(tensors, spec)   # k columns a row-block: checked
     out, n_in = spec["shape"]
-    k, G, R = spec["k"], spec["group_size"], spec["block_rows"]
-    widths = group_widths(n_in, G)
-    first = np.arange(len(widths)) * G
-    plus = (codes == 1) & ~mask                                              # s = +1, over all columns
-    signs = torch.cat([pack_bits(plus[:, c:c + w], 1) for c, w in zip(first, widths)], 1)   # each row-group: new byte
-    sign_at = np.concatenate([[0], np.cumsum([bit_bytes(w, 1) for w in widths])])
-    cols = torch.stack([m.nonzero()[:, 0] for m in mask[::R]]).numpy()       # (row-blocks, k), ascending
+    G, R, hb = spec["group_size"], spec["block_rows"], spec["high_bits"]
+    if n_in > 1 << 16:
+        raise ValueError(f"{n_in} input columns do not fit the numba layout's 16-bit column indices")
+    widths = np.array(group_widths(n_in, G))
+    quads = -(-widths // 4)
+    groups = np.stack([np.arange(len(widths)) * G, widths, np.cumsum(quads) - quads, quads], 1).astype(np.int64)
+    # lane blocks: row-block b's rows b·R + 32·i + t; past the row-block or the layer, the zero row `out`
+    per_block = -(-R // ROWS)
+    rowblock = np.repeat(np.arange(column_blocks(spec)), per_block)                      # (L,)
+    within = (np.arange(len(rowblock)) % per_block)[:, None] * ROWS + np.arange(ROWS)    # (L, 32)
+    rows = rowblock[:, None] * R + within
+    real = (within < R) & (rows < out)
+    rows = np.where(real, rows, out)
+    salient = mask[::R].numpy()                                                          # (row-blocks, in)
+    bounds = np.append(groups[:, 0], n_in)
+    through = np.concatenate([np.zeros((len(salient), 1), np.int64), salient.cumsum(1)], 1)
+    count = np.diff(through[:, bounds], axis=1)[rowblock]                                # (L, ng)
+    const = torch.stack([alpha, mu, scale, scale * zero], -1)                            # (out, ng, 4)
+    wide = not torch.equal(const.bfloat16().float(), const)
+    planes = 1 if hb <= 4 else 2
+    size = (512 if wide else 256) + 16 * quads + (16 * planes + 2) * count
+    size = -(-size // 16) * 16
+    at = (np.cumsum(size) - size.reshape(-1)).reshape(size.shape)
+    zero_row = torch.zeros(1, n_in, dtype=torch.uint8)
+    plus = torch.cat([((codes == 1) & ~mask).to(torch.uint8), zero_row]).numpy()
+    code8 = torch.cat([torch.where(mask, codes, 0).to(torch.uint8), zero_row]).numpy()
+    const_bits = torch.cat([const, torch.zeros(1, *const.shape[1:])]).numpy().view(np.uint32)
+    data = np.zeros(int(size.sum()), np.uint8)
+    _fill_records(plus, code8, salient, rowblock, rows, const_bits, groups, at, count, int(wide), planes, data)
+    place = np.zeros(out, np.int64)
+    place[rows[real]] = np.flatnonzero(real)
     colscale = torch.ones(n_in) if colscale is None else colscale
-    return ColumnsLayout(
-        signs=by_blocks(signs, R), codes=by_blocks(codes[mask].reshape(out, k).to(torch.uint8), R),
-        const=by_blocks(torch.stack([alpha, mu, scale, scale * zero], -1), R), salient=cols.astype(np.int64),
-        sal_at=np.stack([np.searchsorted(c, np.append(first, n_in)) for c in cols]).astype(np.int64),
-        groups=np.stack([first, widths, sign_at[:-1], sign_at[1:]], 1).astype(np.int64),
-        colscale=colscale.numpy().astype(np.float32), shape=(out, n_in))
+    return ColumnsLayout(data=data, at=at, count=count, part=np.zeros(len(rowblock), np.int64),
+                         colscale=colscale.numpy().astype(np.float32)[None], wide=np.array([int(wide)]),
+                         planes=np.array([planes]), groups=groups, outputs=[place], shape=(out, n_in))
 
 
-@cpu_kernel(parallel=True, fastmath=True, cache=True)
-def _columns_tables(xc, groups, g0, g1):
-    """T (M, sign bytes of row-groups g0 .. g1, 256): T[m, p, v] = Σ of xc[m, j] over the bits set in v, j the
-    8 columns of sign byte p (beyond a row-group's width: 0)."""
-    M = xc.shape[0]
-    base = groups[g0, 2]
-    T = np.zeros((M, groups[g1 - 1, 3] - base, 256), np.float32)
-    for g in numba.prange(g0, g1):
-        col, w, p0, p1 = groups[g, 0], groups[g, 1], groups[g, 2], groups[g, 3]
-        for m in range(M):
-            _fill_tables(xc[m], col, w, p1 - p0, T[m], p0 - base)
-    return T
-
-
-@cpu_kernel(parallel=True, fastmath=True, cache=True)
-def _columns_gemv(x, xc, X, T, g0, g1, signs, codes, const, salient, sal_at, groups, y):
-    """y (M, row-blocks·R) += the part of x @ Wᵀ from row-groups g0 .. g1, one row-block per parallel step;
-    x (M, in) the activations, xc = x·c (column scales applied), X (M, ng, 2) each row-group's Σ x and Σ c·x,
-    T the tables of these row-groups."""
-    M, R = x.shape[0], signs.shape[2]
-    base = groups[g0, 2]
-    for b in numba.prange(signs.shape[0]):
-        acc = np.zeros((M, R), np.float32)
-        plus = np.empty(R, np.float32)                          # per row: Σ c·x over its s = +1 weights
-        dot = np.empty(R, np.float32)                           # Σ code·x over its salient weights
-        for g in range(g0, g1):
-            for m in range(M):
-                plus[:] = 0
-                for p in range(groups[g, 2], groups[g, 3]):     # the binary part: a lookup per 8 weights
-                    row = T[m, p - base]
-                    for r in range(R):
-                        plus[r] += row[signs[b, p, r]]
-                dot[:] = 0
-                sx, scx = np.float32(0), np.float32(0)          # Σ_{S∩g} x and Σ_{S∩g} c·x
-                for i in range(sal_at[b, g], sal_at[b, g + 1]):  # the salient part: every row times x_S[i]
-                    xs = x[m, salient[b, i]]
-                    sx += xs
-                    scx += xc[m, salient[b, i]]
-                    for r in range(R):
-                        dot[r] += np.float32(codes[b, i, r]) * xs
-                bx, bcx = X[m, g, 0] - sx, X[m, g, 1] - scx     # Σ x and Σ c·x over the binary columns
-                for r in range(R):
-                    alpha, mu, scale, szero = const[b, g, 0, r], const[b, g, 1, r], const[b, g, 2, r], const[b, g, 3, r]
-                    acc[m, r] += alpha * (2 * plus[r] - bcx) + mu * bx + scale * dot[r] - szero * sx
-        for m in range(M):
-            for r in range(R):
-                y[m, b * R + r] += acc[m, r]
-
-
-@cpu_kernel(fastmath=True, cache=True)
-def _columns_small(x, colscale, step, signs, codes, const, salient, sal_at, groups, y):
-    """y (M, row-blocks·R) = x @ Wᵀ for a few rows x (M, in): the tables, `step` row-groups per pass, and the
-    product. One call from Python per product (a decode step makes 210 of them: their overhead counts)."""
-    M, ng = x.shape[0], groups.shape[0]
-    xc = x * colscale
-    X = np.zeros((M, ng, 2), np.float32)                       # each row-group's Σ x and Σ c·x
-    for m in range(M):
-        for g in range(ng):
-            for j in range(groups[g, 0], groups[g, 0] + groups[g, 1]):
-                X[m, g, 0] += x[m, j]
-                X[m, g, 1] += xc[m, j]
-    for g0 in range(0, ng, step):
-        g1 = min(ng, g0 + step)
-        T = _columns_tables(xc, groups, g0, g1)
-        _columns_gemv(x, xc, X, T, g0, g1, signs, codes, const, salient, sal_at, groups, y)
-
-
-@cpu_kernel(parallel=True, fastmath=True, cache=True)
-def _columns_decode(signs, codes, const, salient, sal_at, groups, colscale, b0, WT):
-    """Row-blocks b0, b0 + 1, ... decoded, transposed, into the float32 tile WT (in, blocks·R): column c of WT is
-    row c of the tile. Transposed so that the innermost loop, over a block's rows, writes adjacent floats."""
-    R = signs.shape[2]
-    for tb in numba.prange(WT.shape[1] // R):
-        b, c0 = b0 + tb, tb * R
+@cpu_kernel(parallel=True, cache=True)
+def _fill_records(plus, codes, salient, rowblock, rows, const_bits, groups, at, count, wide, planes, data):
+    """The records of every lane block (above), one lane block per parallel step. plus, codes (out + 1, in)
+    uint8: s = +1 at binary columns, the code at salient ones (row `out`: zeros, the padding)."""
+    data16, data32 = data.view(np.uint16), data.view(np.uint32)
+    for lb in numba.prange(at.shape[0]):
         for g in range(groups.shape[0]):
-            col, w, p0 = groups[g, 0], groups[g, 1], groups[g, 2]
-            for j in range(w):                                     # binary: μ ± α·c_j
-                c = colscale[col + j]
-                for r in range(R):
-                    bit = (signs[b, p0 + j // 8, r] >> (j % 8)) & 1
-                    WT[col + j, c0 + r] = const[b, g, 1, r] + const[b, g, 0, r] * c * np.float32(2 * bit - 1)
-            for i in range(sal_at[b, g], sal_at[b, g + 1]):         # salient: scale·(code − zero), over them
-                for r in range(R):
-                    WT[salient[b, i], c0 + r] = const[b, g, 2, r] * np.float32(codes[b, i, r]) - const[b, g, 3, r]
+            col, w, nq, rec = groups[g, 0], groups[g, 1], groups[g, 3], at[lb, g]
+            for k in range(4):                       # α, μ, scale, scale·zero: fp32, or its high half (bf16)
+                for t in range(ROWS):
+                    bits = const_bits[rows[lb, t], g, k]
+                    if wide:
+                        data32[rec // 4 + ROWS * k + t] = bits
+                    else:
+                        data16[rec // 2 + ROWS * k + t] = bits >> 16
+            s_at = rec + (512 if wide else 256)
+            for q in range(nq):                      # quad q: row t's sign bits low, row 16 + t's high
+                for t in range(16):
+                    lo, hi = 0, 0
+                    for u in range(min(4, w - 4 * q)):
+                        lo |= np.int64(plus[rows[lb, t], col + 4 * q + u]) << u
+                        hi |= np.int64(plus[rows[lb, 16 + t], col + 4 * q + u]) << u
+                    data[s_at + 16 * q + t] = lo | (hi << 4)
+            c_at = s_at + 16 * nq
+            k_at = c_at + 16 * planes * count[lb, g]
+            i = 0
+            for j in range(col, col + w):
+                if salient[rowblock[lb], j]:
+                    for p in range(planes):          # nibble plane p: bits 4p .. 4p+3 of each row's code
+                        for t in range(16):
+                            lo = (np.int64(codes[rows[lb, t], j]) >> (4 * p)) & 15
+                            hi = (np.int64(codes[rows[lb, 16 + t], j]) >> (4 * p)) & 15
+                            data[c_at + 16 * (planes * i + p) + t] = lo | (hi << 4)
+                    data16[k_at // 2 + i] = j
+                    i += 1
 
 
-def columns_matmul(x: torch.Tensor, lay: ColumnsLayout) -> torch.Tensor:
-    """y = x @ Wᵀ on the CPU for a columns-layout linear repacked by `columns_cpu_layout`; x (..., in)."""
-    out, n_in = lay.shape
+def fuse_columns(layouts: list) -> ColumnsLayout:
+    """Several one-linear layouts with the same input and row-groups (wq|wk|wv, w1|w3) as one: their records one
+    after the other, so that one call computes them all (one table set per linear, one parallel region)."""
+    first = layouts[0]
+    if any(len(lay.outputs) != 1 or lay.shape[1] != first.shape[1] or not np.array_equal(lay.groups, first.groups)
+           for lay in layouts):
+        raise ValueError("fused linears must be single linears sharing their input width and row-groups")
+    base = np.cumsum([0] + [lay.data.nbytes for lay in layouts])
+    blocks = np.cumsum([0] + [len(lay.at) for lay in layouts])
+    return ColumnsLayout(
+        data=np.concatenate([lay.data for lay in layouts]),
+        at=np.concatenate([lay.at + b for lay, b in zip(layouts, base)]),
+        count=np.concatenate([lay.count for lay in layouts]),
+        part=np.concatenate([np.full(len(lay.at), i, np.int64) for i, lay in enumerate(layouts)]),
+        colscale=np.concatenate([lay.colscale for lay in layouts]),
+        wide=np.concatenate([lay.wide for lay in layouts]), planes=np.concatenate([lay.planes for lay in layouts]),
+        groups=first.groups, outputs=[lay.outputs[0] + ROWS * b for lay, b in zip(layouts, blocks)],
+        shape=(sum(lay.shape[0] for lay in layouts), first.shape[1]))
+
+
+def fused_part(fused: ColumnsLayout, i: int) -> ColumnsLayout:
+    """Linear i of a fused layout as a layout of its own, its records a view into the fused bytes (no copy)."""
+    blocks = np.flatnonzero(fused.part == i)
+    l0, l1 = blocks[0], blocks[-1] + 1
+    b0 = fused.at[l0, 0]
+    b1 = fused.at[l1, 0] if l1 < len(fused.at) else fused.data.nbytes
+    return ColumnsLayout(data=fused.data[b0:b1], at=fused.at[l0:l1] - b0, count=fused.count[l0:l1],
+                         part=np.zeros(l1 - l0, np.int64), colscale=fused.colscale[i:i + 1],
+                         wide=fused.wide[i:i + 1], planes=fused.planes[i:i + 1], groups=fused.groups,
+                         outputs=[fused.outputs[i] - ROWS * l0], shape=(len(fused.outputs[i]), fused.shape[1]))
+
+
+# The nibble tables: built once per call from x, for every linear of the layout (its column scales) and every
+# row of x. The plain twins and the AVX-512 loop read the fp32 entries, the AVX2 loop their byte planes.
+
+@cpu_kernel(fastmath=False, cache=True)
+def _nibble_tables(x, colscale, groups, byte_planes, xc, X, T, planes):
+    """For linear p, row m of x (M, in): xc[p, m] = x[m]·c_p; X[p, m, g] = (Σ x, Σ c·x) over row-group g;
+    T[p, m, quad, v] = Σ of xc over the columns of the quad whose bit is set in v (0 past the row-group's width);
+    if byte_planes, planes[p, m, quad, k, v] = byte k of T[p, m, quad, v]."""
+    bits = T.view(np.uint32)
+    for p in range(colscale.shape[0]):
+        for m in range(x.shape[0]):
+            for g in range(groups.shape[0]):
+                col, w, q0, nq = groups[g, 0], groups[g, 1], groups[g, 2], groups[g, 3]
+                sx, scx = np.float32(0), np.float32(0)
+                for j in range(col, col + w):
+                    xc[p, m, j] = x[m, j] * colscale[p, j]
+                    sx += x[m, j]
+                    scx += xc[p, m, j]
+                X[p, m, g, 0] = sx
+                X[p, m, g, 1] = scx
+                for q in range(q0, q0 + nq):
+                    T[p, m, q, 0] = 0
+                    for u in range(4):               # doubling: the entries with bit u set = those below + x_u
+                        j = 4 * (q - q0) + u
+                        xu = xc[p, m, col + j] if j < w else np.float32(0)
+                        h = 1 << u
+                        for v in range(h):
+                            T[p, m, q, h + v] = T[p, m, q, v] + xu
+                    if byte_planes:
+                        for v in range(16):
+                            for k in range(4):
+                                planes[p, m, q, k, v] = (bits[p, m, q, v] >> (8 * k)) & 255
+
+
+# The inner loops in LLVM IR, beside their plain twins (same arguments, same arithmetic in the same order, hence
+# the same bits: tests/test_numba_columns.py checks it). `out` receives rows 0 .. 31 of a lane block, stored
+# once at exit (the sums stay in registers):
+#   sq10_nibbles_avx512(T, signs, nq, out):  out[r] = Σ_{q<nq} T_q[nibble of row r in quad q]
+#                                 (T_q: 16 fp32 entries at T + 16q; one vpermps looks up 16 rows)
+#   sq10_nibbles_avx2(planes, signs, nq, out): the same sums from the tables' byte planes (T_q as 4 planes of 16
+#                                 bytes at planes + 64q; one vpshufb looks up 32 rows, for one byte of their entries)
+#   sq10_codes(codes, cols, n, np, x, xc, out): out[r] = Σ_{i<n} code(i, r)·x[cols[i]], out[32] = Σ_i x[cols[i]],
+#                                 out[33] = Σ_i xc[cols[i]]       (np: nibble planes a code; plain LLVM, any CPU)
+# sq10_nibbles_avx2 keeps its sums in four 8-float registers, in the order the byte interleaves leave them (rows
+# 0-3 and 16-19, 4-7 and 20-23, 8-11 and 24-27, 12-15 and 28-31) and puts them back in row order once, at exit.
+
+def _ir_vector(values, kind: str = "i32") -> str:
+    return "<" + ", ".join(f"{kind} {v}" for v in values) + ">"
+
+
+def _unpack(elements, other: int) -> str:
+    """A two-vector shuffle mask: element i of the first vector, then element i of the second (numbered from
+    `other` in the mask), for each i of `elements`."""
+    return _ir_vector(v for i in elements for v in (i, other + i))
+
+
+_IR_CONSTANTS = {   # the names in the IR below; the masks of vpunpck{l,h}{bw,wd} interleave within 128-bit halves
+    "LO_BW": _unpack([*range(0, 8), *range(16, 24)], 32),      # bytes 0-7 of each half of a and b, alternately
+    "HI_BW": _unpack([*range(8, 16), *range(24, 32)], 32),     # bytes 8-15
+    "LO_WD": _unpack([*range(0, 4), *range(8, 12)], 16),       # 16-bit words 0-3 of each half
+    "HI_WD": _unpack([*range(4, 8), *range(12, 16)], 16),      # words 4-7
+    "BOTH_HALVES": _ir_vector(list(range(16)) * 2),
+    "FIRST16": _ir_vector(range(16)),
+    "FIRST32": _ir_vector(range(32)),
+    # rows 0-3 sit at 0-3, 4-7 at 8-11, 8-11 at 16-19, 12-15 at 24-27, 16-19 at 4-7, 20-23 at 12-15, ...
+    "ROW_ORDER": _ir_vector(8 * (r // 4 % 4) + 4 * (r // 16) + r % 4 for r in range(32)),
+    "SPLAT15_32": _ir_vector([15] * 16, "i32"),
+    "SPLAT4_32": _ir_vector([4] * 16, "i32"),
+    "SPLAT15": _ir_vector([15] * 16, "i8"),
+    "SPLAT4x32": _ir_vector([4] * 32, "i8"),
+    "SPLAT4": _ir_vector([4] * 16, "i8"),
+}
+_NIBBLE_IR = {"plain": r"""
+@llvm.used = appending global [1 x ptr] [ptr @sq10_codes], section "llvm.metadata"
+
+define linkonce_odr void @sq10_codes(ptr %codes, ptr %cols, i64 %n, i64 %np, ptr %x, ptr %xc, ptr %out) alwaysinline {
+entry:
+  %stride = shl i64 %np, 4
+  %two = icmp eq i64 %np, 2
+  %none = icmp eq i64 %n, 0
+  br i1 %none, label %done, label %loop
+loop:
+  %i = phi i64 [0, %entry], [%i1, %join]
+  %a = phi <32 x float> [zeroinitializer, %entry], [%a1, %join]
+  %sx = phi float [0.0, %entry], [%sx1, %join]
+  %scx = phi float [0.0, %entry], [%scx1, %join]
+  ; column i's first nibble plane: byte t = row t's bits 0-3 (low nibble) | row 16+t's (high nibble)
+  %c_at = mul i64 %i, %stride
+  %c_ptr = getelementptr i8, ptr %codes, i64 %c_at
+  %c = load <16 x i8>, ptr %c_ptr, align 1
+  %lo = and <16 x i8> %c, SPLAT15
+  %hi = lshr <16 x i8> %c, SPLAT4
+  %v = shufflevector <16 x i8> %lo, <16 x i8> %hi, <32 x i32> FIRST32
+  br i1 %two, label %high, label %join
+high:
+  ; codes of 5 to 8 bits: the second plane holds bits 4-7
+  %c2_ptr = getelementptr i8, ptr %c_ptr, i64 16
+  %c2 = load <16 x i8>, ptr %c2_ptr, align 1
+  %lo2 = and <16 x i8> %c2, SPLAT15
+  %hi2 = lshr <16 x i8> %c2, SPLAT4
+  %v2 = shufflevector <16 x i8> %lo2, <16 x i8> %hi2, <32 x i32> FIRST32
+  %v2s = shl <32 x i8> %v2, SPLAT4x32
+  %vh = or <32 x i8> %v, %v2s
+  br label %join
+join:
+  %code = phi <32 x i8> [%v, %loop], [%vh, %high]
+  %codef = uitofp <32 x i8> %code to <32 x float>
+  ; the column's activation (and c·x), x broadcast to the 32 rows
+  %col_ptr = getelementptr i16, ptr %cols, i64 %i
+  %col16 = load i16, ptr %col_ptr, align 2
+  %col = zext i16 %col16 to i64
+  %x_ptr = getelementptr float, ptr %x, i64 %col
+  %xv = load float, ptr %x_ptr, align 4
+  %xc_ptr = getelementptr float, ptr %xc, i64 %col
+  %xcv = load float, ptr %xc_ptr, align 4
+  %sx1 = fadd float %sx, %xv
+  %scx1 = fadd float %scx, %xcv
+  %xs0 = insertelement <32 x float> poison, float %xv, i64 0
+  %xs = shufflevector <32 x float> %xs0, <32 x float> poison, <32 x i32> zeroinitializer
+  ; a multiply, then an add (no FMA: the plain twin's rounding)
+  %cx = fmul <32 x float> %codef, %xs
+  %a1 = fadd <32 x float> %a, %cx
+  %i1 = add i64 %i, 1
+  %more = icmp ult i64 %i1, %n
+  br i1 %more, label %loop, label %done
+done:
+  %r = phi <32 x float> [zeroinitializer, %entry], [%a1, %join]
+  %rsx = phi float [0.0, %entry], [%sx1, %join]
+  %rscx = phi float [0.0, %entry], [%scx1, %join]
+  store <32 x float> %r, ptr %out, align 4
+  %sx_ptr = getelementptr float, ptr %out, i64 32
+  store float %rsx, ptr %sx_ptr, align 4
+  %scx_ptr = getelementptr float, ptr %out, i64 33
+  store float %rscx, ptr %scx_ptr, align 4
+  ret void
+}
+""", "avx2": r"""
+declare <32 x i8> @llvm.x86.avx2.pshuf.b(<32 x i8>, <32 x i8>)
+@llvm.used = appending global [1 x ptr] [ptr @sq10_nibbles_avx2], section "llvm.metadata"
+
+define linkonce_odr void @sq10_nibbles_avx2(ptr %planes, ptr %signs, i64 %nq, ptr %out) alwaysinline {
+entry:
+  %none = icmp eq i64 %nq, 0
+  br i1 %none, label %done, label %loop
+loop:
+  %q = phi i64 [0, %entry], [%q1, %loop]
+  %a0 = phi <8 x float> [zeroinitializer, %entry], [%a0n, %loop]
+  %a1 = phi <8 x float> [zeroinitializer, %entry], [%a1n, %loop]
+  %a2 = phi <8 x float> [zeroinitializer, %entry], [%a2n, %loop]
+  %a3 = phi <8 x float> [zeroinitializer, %entry], [%a3n, %loop]
+  ; quad q's 16 sign bytes: byte t = row t's nibble (low 4 bits) | row 16+t's (high 4 bits)
+  %s_at = mul i64 %q, 16
+  %s_ptr = getelementptr i8, ptr %signs, i64 %s_at
+  %s = load <16 x i8>, ptr %s_ptr, align 1
+  %lo = and <16 x i8> %s, SPLAT15
+  %hi = lshr <16 x i8> %s, SPLAT4
+  ; byte r of the index vector = row r's table index, r < 32
+  %idx = shufflevector <16 x i8> %lo, <16 x i8> %hi, <32 x i32> FIRST32
+  ; quad q's table: plane k (byte k of the 16 fp32 entries) at planes + 64q + 16k, copied into both 128-bit
+  ; halves of a register (vpshufb looks up within each half: rows 0-15 in the low half, 16-31 in the high)
+  %t_at = mul i64 %q, 64
+  %p0_ptr = getelementptr i8, ptr %planes, i64 %t_at
+  %p1_ptr = getelementptr i8, ptr %p0_ptr, i64 16
+  %p2_ptr = getelementptr i8, ptr %p0_ptr, i64 32
+  %p3_ptr = getelementptr i8, ptr %p0_ptr, i64 48
+  %p0 = load <16 x i8>, ptr %p0_ptr, align 1
+  %p1 = load <16 x i8>, ptr %p1_ptr, align 1
+  %p2 = load <16 x i8>, ptr %p2_ptr, align 1
+  %p3 = load <16 x i8>, ptr %p3_ptr, align 1
+  %p0x = shufflevector <16 x i8> %p0, <16 x i8> poison, <32 x i32> BOTH_HALVES
+  %p1x = shufflevector <16 x i8> %p1, <16 x i8> poison, <32 x i32> BOTH_HALVES
+  %p2x = shufflevector <16 x i8> %p2, <16 x i8> poison, <32 x i32> BOTH_HALVES
+  %p3x = shufflevector <16 x i8> %p3, <16 x i8> poison, <32 x i32> BOTH_HALVES
+  ; 32 lookups per shuffle: byte k of every row's entry
+  %b0 = call <32 x i8> @llvm.x86.avx2.pshuf.b(<32 x i8> %p0x, <32 x i8> %idx)
+  %b1 = call <32 x i8> @llvm.x86.avx2.pshuf.b(<32 x i8> %p1x, <32 x i8> %idx)
+  %b2 = call <32 x i8> @llvm.x86.avx2.pshuf.b(<32 x i8> %p2x, <32 x i8> %idx)
+  %b3 = call <32 x i8> @llvm.x86.avx2.pshuf.b(<32 x i8> %p3x, <32 x i8> %idx)
+  ; bytes 0 and 1 (2 and 3) of a row side by side: 16-bit words, rows 0-7 and 16-23 (l), 8-15 and 24-31 (h)
+  %l01 = shufflevector <32 x i8> %b0, <32 x i8> %b1, <32 x i32> LO_BW
+  %h01 = shufflevector <32 x i8> %b0, <32 x i8> %b1, <32 x i32> HI_BW
+  %l23 = shufflevector <32 x i8> %b2, <32 x i8> %b3, <32 x i32> LO_BW
+  %h23 = shufflevector <32 x i8> %b2, <32 x i8> %b3, <32 x i32> HI_BW
+  %l01w = bitcast <32 x i8> %l01 to <16 x i16>
+  %h01w = bitcast <32 x i8> %h01 to <16 x i16>
+  %l23w = bitcast <32 x i8> %l23 to <16 x i16>
+  %h23w = bitcast <32 x i8> %h23 to <16 x i16>
+  ; the two words of a row side by side: its fp32 entry, bit for bit (x86 is little-endian)
+  %w0 = shufflevector <16 x i16> %l01w, <16 x i16> %l23w, <16 x i32> LO_WD
+  %w1 = shufflevector <16 x i16> %l01w, <16 x i16> %l23w, <16 x i32> HI_WD
+  %w2 = shufflevector <16 x i16> %h01w, <16 x i16> %h23w, <16 x i32> LO_WD
+  %w3 = shufflevector <16 x i16> %h01w, <16 x i16> %h23w, <16 x i32> HI_WD
+  %f0 = bitcast <16 x i16> %w0 to <8 x float>
+  %f1 = bitcast <16 x i16> %w1 to <8 x float>
+  %f2 = bitcast <16 x i16> %w2 to <8 x float>
+  %f3 = bitcast <16 x i16> %w3 to <8 x float>
+  ; rows 0-3 and 16-19 (f0), 4-7 and 20-23 (f1), 8-11 and 24-27 (f2), 12-15 and 28-31 (f3)
+  %a0n = fadd <8 x float> %a0, %f0
+  %a1n = fadd <8 x float> %a1, %f1
+  %a2n = fadd <8 x float> %a2, %f2
+  %a3n = fadd <8 x float> %a3, %f3
+  %q1 = add i64 %q, 1
+  %more = icmp ult i64 %q1, %nq
+  br i1 %more, label %loop, label %done
+done:
+  %r0 = phi <8 x float> [zeroinitializer, %entry], [%a0n, %loop]
+  %r1 = phi <8 x float> [zeroinitializer, %entry], [%a1n, %loop]
+  %r2 = phi <8 x float> [zeroinitializer, %entry], [%a2n, %loop]
+  %r3 = phi <8 x float> [zeroinitializer, %entry], [%a3n, %loop]
+  ; back to row order, once
+  %r01 = shufflevector <8 x float> %r0, <8 x float> %r1, <16 x i32> FIRST16
+  %r23 = shufflevector <8 x float> %r2, <8 x float> %r3, <16 x i32> FIRST16
+  %rows = shufflevector <16 x float> %r01, <16 x float> %r23, <32 x i32> ROW_ORDER
+  store <32 x float> %rows, ptr %out, align 4
+  ret void
+}
+""", "avx512": r"""
+declare <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float>, <16 x i32>)
+@llvm.used = appending global [1 x ptr] [ptr @sq10_nibbles_avx512], section "llvm.metadata"
+
+define linkonce_odr void @sq10_nibbles_avx512(ptr %T, ptr %signs, i64 %nq, ptr %out) alwaysinline {
+entry:
+  %none = icmp eq i64 %nq, 0
+  br i1 %none, label %done, label %loop
+loop:
+  %q = phi i64 [0, %entry], [%q1, %loop]
+  %lo_sum = phi <16 x float> [zeroinitializer, %entry], [%lo_sum1, %loop]
+  %hi_sum = phi <16 x float> [zeroinitializer, %entry], [%hi_sum1, %loop]
+  ; quad q's 16 sign bytes, one per 32-bit lane: row t's nibble in bits 0-3, row 16+t's in bits 4-7
+  %s_at = mul i64 %q, 16
+  %s_ptr = getelementptr i8, ptr %signs, i64 %s_at
+  %s = load <16 x i8>, ptr %s_ptr, align 1
+  %s32 = zext <16 x i8> %s to <16 x i32>
+  %lo = and <16 x i32> %s32, SPLAT15_32
+  %hi = lshr <16 x i32> %s32, SPLAT4_32
+  ; quad q's table, its 16 fp32 entries in one register; vpermps picks entry idx[t] for lane t
+  %t_at = mul i64 %q, 16
+  %t_ptr = getelementptr float, ptr %T, i64 %t_at
+  %t = load <16 x float>, ptr %t_ptr, align 4
+  %lo_v = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %t, <16 x i32> %lo)
+  %hi_v = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %t, <16 x i32> %hi)
+  ; rows 0-15, rows 16-31
+  %lo_sum1 = fadd <16 x float> %lo_sum, %lo_v
+  %hi_sum1 = fadd <16 x float> %hi_sum, %hi_v
+  %q1 = add i64 %q, 1
+  %more = icmp ult i64 %q1, %nq
+  br i1 %more, label %loop, label %done
+done:
+  %r_lo = phi <16 x float> [zeroinitializer, %entry], [%lo_sum1, %loop]
+  %r_hi = phi <16 x float> [zeroinitializer, %entry], [%hi_sum1, %loop]
+  store <16 x float> %r_lo, ptr %out, align 4
+  %out_hi = getelementptr float, ptr %out, i64 16
+  store <16 x float> %r_hi, ptr %out_hi, align 4
+  ret void
+}
+"""}
+for _name in sorted(_IR_CONSTANTS, key=len, reverse=True):   # the longest first: SPLAT4x32 before SPLAT4
+    _NIBBLE_IR = {isa: ir.replace(_name, _IR_CONSTANTS[_name]) for isa, ir in _NIBBLE_IR.items()}
+# Where the target CPU lacks an instruction set its loop is linked as a stub that traps: never called (the
+# kernels check cpu_isas() first), but it lets the kernels that name it compile.
+_NIBBLE_STUBS = {isa: f"""
+declare void @llvm.trap()
+@llvm.used = appending global [1 x ptr] [ptr @sq10_nibbles_{isa}], section "llvm.metadata"
+define linkonce_odr void @sq10_nibbles_{isa}(ptr %planes, ptr %signs, i64 %nq, ptr %out) {{
+  call void @llvm.trap()
+  unreachable
+}}
+""" for isa in ("avx2", "avx512")}
+
+
+def _define_nibble_intrinsics():
+    """Version 2's IR loops as numba intrinsics (load_numba)."""
+    global _nibble_sums_avx2, _nibble_sums_avx512, _code_sums
+
+    @numba.extending.intrinsic
+    def _nibble_sums_avx2(typingctx, planes, p_at, signs, s_at, nq, out, o_at):
+        """out.flat[o_at + r] = Σ_{q<nq} T_q[nibble of row r in quad q], the tables' byte planes at
+        planes.flat[p_at:], the quads' sign bytes at signs.flat[s_at:]."""
+        return _ir_call("sq10_nibbles_avx2", ("uint8", "uint8", "i64", "float32"),
+                        planes, p_at, signs, s_at, nq, out, o_at)
+
+    @numba.extending.intrinsic
+    def _nibble_sums_avx512(typingctx, T, t_at, signs, s_at, nq, out, o_at):
+        """The same sums from the fp32 tables at T.flat[t_at:]."""
+        return _ir_call("sq10_nibbles_avx512", ("float32", "uint8", "i64", "float32"), T, t_at, signs, s_at, nq,
+                        out, o_at)
+
+    @numba.extending.intrinsic
+    def _code_sums(typingctx, codes, c_at, cols, k_at, n, np_, x, x_at, xc, xc_at, out, o_at):
+        """out.flat[o_at + r] = Σ_{i<n} code(i, r)·x.flat[x_at + cols.flat[k_at + i]]; then Σ x and Σ xc over
+        the n columns."""
+        return _ir_call("sq10_codes", ("uint8", "uint16", "i64", "i64", "float32", "float32", "float32"),
+                        codes, c_at, cols, k_at, n, np_, x, x_at, xc, xc_at, out, o_at)
+
+
+@cpu_kernel(fastmath=False, cache=True)   # explicit: a callee inherits its caller's fastmath otherwise
+def _nibble_sums_plain(T, t_at, signs, s_at, nq, out):
+    """out[r] = Σ_{q<nq} T.flat[t_at + 16q + nibble of row r in quad q]: the IR's sums, one lookup at a time."""
+    T = T.reshape(-1)
+    out[:ROWS] = 0
+    for q in range(nq):
+        for t in range(16):
+            byte = signs[s_at + 16 * q + t]
+            out[t] += T[t_at + 16 * q + (byte & 15)]          # row t: the low nibble
+            out[16 + t] += T[t_at + 16 * q + (byte >> 4)]     # row 16 + t: the high one
+
+
+@cpu_kernel(fastmath=False, cache=True)   # explicit: a callee inherits its caller's fastmath otherwise
+def _code_sums_plain(codes, c_at, cols, k_at, n, planes, x, x_at, xc, xc_at, out):
+    """out[r] = Σ_{i<n} code(i, r)·x.flat[x_at + cols[k_at + i]], out[32] = Σ x, out[33] = Σ xc over the n
+    columns: sq10_codes, one row at a time."""
+    x, xc = x.reshape(-1), xc.reshape(-1)
+    out[:] = 0
+    for i in range(n):
+        j = cols[k_at + i]
+        xs = x[x_at + j]
+        out[ROWS] += xs
+        out[ROWS + 1] += xc[xc_at + j]
+        at = c_at + 16 * planes * i
+        for t in range(16):
+            lo, hi = codes[at + t] & 15, codes[at + t] >> 4  # rows t and 16 + t, bits 0-3
+            if planes == 2:                                  # bits 4-7
+                lo |= (codes[at + 16 + t] & 15) << 4
+                hi |= (codes[at + 16 + t] >> 4) << 4
+            out[t] += np.float32(lo) * xs
+            out[16 + t] += np.float32(hi) * xs
+
+
+@cpu_kernel(fastmath=False, cache=True, inline="always")   # inlined: a call per record costs more than the loop
+def _record_constants(data16, data32, rec, wide, bits):
+    """The record's 4 × 32 constants (α, μ, scale, scale·zero) as fp32 bits into `bits` (128,) uint32; returns
+    where its sign bytes begin. data16, data32: the records' bytes seen as uint16, uint32. (Through a slice:
+    indexing data16 itself, numba checks for negative indices and the loop stays scalar, 10× slower.)"""
+    if wide:
+        src32 = data32[rec // 4:rec // 4 + 4 * ROWS]
+        for i in range(4 * ROWS):
+            bits[i] = src32[i]
+        return rec + 16 * ROWS
+    src16 = data16[rec // 2:rec // 2 + 4 * ROWS]
+    for i in range(4 * ROWS):
+        bits[i] = np.uint32(src16[i]) << 16                   # bf16: the high half of an fp32
+    return rec + 8 * ROWS
+
+
+@cpu_kernel(parallel=True, cache=True)   # no fastmath: every branch rounds alike, so the twins agree to the bit
+def _columns_gemv(x, colscale, chunk, threads, data, at, count, part, wide, planes, groups, isa, y):
+    """y (M, 32·L) = x @ Wᵀ for the rows of x (M, in) and every lane block of the layout: the tables first (one
+    set per linear and row of x), then one parallel region over lane blocks (a contiguous range per thread),
+    in passes of `chunk` row-groups so that one pass's tables stay in L2. `threads`: numba.get_num_threads()
+    (an argument: numba does not cache a function that asks itself). isa: 0 plain, 1 AVX2, 2 AVX-512."""
+    M, n_in = x.shape
+    L, ng = at.shape
+    P, Q = colscale.shape[0], groups[ng - 1, 2] + groups[ng - 1, 3]
+    xc = np.empty((P, M, n_in), np.float32)
+    X = np.empty((P, M, ng, 2), np.float32)
+    T = np.empty((P, M, Q, 16), np.float32)
+    tables = np.empty((P, M, Q if isa == 1 else 0, 4, 16), np.uint8)
+    _nibble_tables(x, colscale, groups, isa == 1, xc, X, T, tables)
+    data16, data32 = data.view(np.uint16), data.view(np.uint32)
+    threads = min(L, threads)
+    for th in numba.prange(threads):
+        plus = np.empty(ROWS, np.float32)                    # per row: Σ c·x over its s = +1 weights
+        dot = np.empty(ROWS + 2, np.float32)                 # Σ code·x over its salient weights; Σ x, Σ c·x
+        bits = np.empty(4 * ROWS, np.uint32)
+        const = bits.view(np.float32)                        # α, μ, scale, scale·zero: 32 each
+        for g0 in range(0, ng, chunk):
+            for lb in range(th * L // threads, (th + 1) * L // threads):
+                p = part[lb]
+                for g in range(g0, min(ng, g0 + chunk)):
+                    n, nq = count[lb, g], groups[g, 3]
+                    s_at = _record_constants(data16, data32, at[lb, g], wide[p], bits)
+                    c_at = s_at + 16 * nq                    # the codes
+                    k_at = c_at + 16 * planes[p] * n         # the salient columns
+                    for m in range(M):
+                        t_at = ((p * M + m) * Q + groups[g, 2]) * 16
+                        xc_at = (p * M + m) * n_in
+                        if isa == 2:
+                            _nibble_sums_avx512(T, t_at, data, s_at, nq, plus, 0)
+                        elif isa == 1:
+                            _nibble_sums_avx2(tables, 4 * t_at, data, s_at, nq, plus, 0)
+                        else:
+                            _nibble_sums_plain(T, t_at, data, s_at, nq, plus)
+                        if isa > 0:
+                            _code_sums(data, c_at, data16, k_at // 2, n, planes[p], x, m * n_in, xc, xc_at, dot, 0)
+                        else:
+                            _code_sums_plain(data, c_at, data16, k_at // 2, n, planes[p], x, m * n_in, xc, xc_at, dot)
+                        sx, scx = dot[ROWS], dot[ROWS + 1]               # Σ_{S∩g} x and Σ_{S∩g} c·x
+                        bx, bcx = X[p, m, g, 0] - sx, X[p, m, g, 1] - scx   # the same over the binary columns
+                        ym = y[m, ROWS * lb:ROWS * (lb + 1)]             # (a slice: see _record_constants)
+                        for r in range(ROWS):
+                            ym[r] += (const[r] * (2 * plus[r] - bcx) + const[ROWS + r] * bx
+                                      + const[2 * ROWS + r] * dot[r] - const[3 * ROWS + r] * sx)
+
+
+@cpu_kernel(parallel=True, cache=True)
+def _columns_decode(data, at, count, part, wide, planes, groups, colscale, lb0, WT):
+    """Lane blocks lb0, lb0 + 1, ... decoded, transposed, into the float32 tile WT (in, 32·blocks): column c of
+    WT is row c of the tile. Transposed so that the innermost loop, over a block's rows, writes adjacent floats."""
+    data16, data32 = data.view(np.uint16), data.view(np.uint32)
+    for tb in numba.prange(WT.shape[1] // ROWS):
+        lb, c0 = lb0 + tb, ROWS * tb
+        p = part[lb]
+        bits = np.empty(4 * ROWS, np.uint32)
+        const = bits.view(np.float32)
+        for g in range(groups.shape[0]):
+            col, w, nq, n = groups[g, 0], groups[g, 1], groups[g, 3], count[lb, g]
+            s_at = _record_constants(data16, data32, at[lb, g], wide[p], bits)
+            for j in range(w):                                     # binary: μ ± α·c_j (every column, first)
+                c = colscale[p, col + j]
+                for t in range(16):
+                    byte = data[s_at + 16 * (j // 4) + t]
+                    for half in range(2):                          # rows t and 16 + t
+                        r = t + 16 * half
+                        sign = np.float32(2 * ((byte >> (j % 4 + 4 * half)) & 1) - 1)
+                        WT[col + j, c0 + r] = const[ROWS + r] + const[r] * c * sign
+            c_at = s_at + 16 * nq
+            k_at = c_at + 16 * planes[p] * n
+            for i in range(n):                                     # salient: scale·code − scale·zero
+                j = data16[k_at // 2 + i]
+                for t in range(16):
+                    for half in range(2):
+                        r = t + 16 * half
+                        code = np.int64(0)
+                        for q in range(planes[p]):                 # nibble plane q: bits 4q .. 4q+3
+                            byte = np.int64(data[c_at + 16 * (planes[p] * i + q) + t])
+                            code |= ((byte >> (4 * half)) & 15) << (4 * q)
+                        WT[j, c0 + r] = const[2 * ROWS + r] * np.float32(code) - const[3 * ROWS + r]
+
+
+def _columns_rows(x2: torch.Tensor, lay: ColumnsLayout, isa: str) -> np.ndarray:
+    """y (M, 32·L) float32 for x2 (M, in) float32: every lane block's 32 rows (padding included)."""
+    M, n_in = x2.shape
+    L = len(lay.at)
+    if M <= COLUMNS_TABLE_BATCH:
+        y = np.zeros((M, ROWS * L), np.float32)
+        quad_bytes = len(lay.colscale) * M * 64                   # one quad's tables, every linear and row of x
+        chunk = max(1, TABLE_BYTES // (quad_bytes * int(lay.groups[:, 3].max())))
+        _columns_gemv(x2.numpy(), lay.colscale, chunk, numba.get_num_threads(), lay.data, lay.at, lay.count,
+                      lay.part, lay.wide, lay.planes, lay.groups, ISAS.index(isa), y)
+        return y
+    y = np.empty((M, ROWS * L), np.float32)
+    step = max(1, TILE_BYTES // (4 * n_in * ROWS))                 # lane blocks per tile
+    for lb0 in range(0, L, step):
+        nb = min(step, L - lb0)
+        WT = torch.empty(n_in, nb * ROWS)
+        _columns_decode(lay.data, lay.at, lay.count, lay.part, lay.wide, lay.planes, lay.groups, lay.colscale, lb0,
+                        WT.numpy())
+        y[:, lb0 * ROWS:(lb0 + nb) * ROWS] = (x2 @ WT).numpy()
+    return y
+
+
+def columns_matmul_parts(x: torch.Tensor, lay: ColumnsLayout, isa: str | None = None) -> list:
+    """[x @ W_iᵀ for each linear i of a (fused) columns layout], in one kernel call; x (..., in), any float
+    dtype. isa: "plain", "avx2" or "avx512" (one of cpu_isas()); default nibble_isa()."""
+    n_in = lay.shape[1]
     if x.shape[-1] != n_in:
         raise ValueError(f"x has {x.shape[-1]} features, the weight takes {n_in}")
+    isa = nibble_isa() if isa is None else isa
+    if isa not in cpu_isas():
+        raise ValueError(f"isa {isa!r}: this CPU runs {', '.join(cpu_isas())}")
     x2 = x.reshape(-1, n_in).to(torch.float32).contiguous()
-    M, (blocks, _, R) = x2.shape[0], lay.signs.shape
-    arrays = lay.signs, lay.codes, lay.const, lay.salient, lay.sal_at, lay.groups
-    if M <= COLUMNS_TABLE_BATCH:
-        y = np.zeros((M, blocks * R), np.float32)
-        one_group = M * (lay.groups[0, 3] - lay.groups[0, 2]) * 256 * 4           # table bytes of one row-group
-        _columns_small(x2.numpy(), lay.colscale, max(1, TABLE_BYTES // one_group), *arrays, y)
-        y = torch.from_numpy(y[:, :out])
-    else:
-        y = torch.empty(M, blocks * R)
-        step = max(1, TILE_BYTES // (4 * n_in * R))                         # row-blocks per tile
-        for b0 in range(0, blocks, step):
-            nb = min(step, blocks - b0)
-            WT = torch.empty(n_in, nb * R)
-            _columns_decode(*arrays, lay.colscale, b0, WT.numpy())
-            y[:, b0 * R:(b0 + nb) * R] = x2 @ WT
-        y = y[:, :out]
-    return y.to(x.dtype).reshape(*x.shape[:-1], out)
+    y = torch.from_numpy(_columns_rows(x2, lay, isa))
+    parts = []
+    for place, span in zip(lay.outputs, lay.spans):
+        yp = y[:, span[0]:span[0] + span[1]] if span else y[:, torch.from_numpy(place)]
+        parts.append(yp.to(x.dtype).reshape(*x.shape[:-1], len(place)))
+    return parts
+
+
+def columns_matmul(x: torch.Tensor, lay: ColumnsLayout, isa: str | None = None) -> torch.Tensor:
+    """y = x @ Wᵀ on the CPU for a columns-layout linear repacked by `columns_cpu_layout`; x (..., in)."""
+    if len(lay.outputs) != 1:
+        raise ValueError("a fused layout of several linears: use columns_matmul_parts")
+    return columns_matmul_parts(x, lay, isa)[0]
 
 
 # -----------------------------------------------------------------------------

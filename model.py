@@ -115,9 +115,10 @@ class Attention(nn.Module):
         """Everything before the output projection: the input of `wo`, (B, T, n_heads * head_dim).
         With a cache, x holds positions start .. start+T and attends to every earlier position too."""
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k, v = shared_input(x, self.wq, self.wk, self.wv)         # one kernel call where they are packed
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
         q, k = apply_rotary_emb(q, freqs_cis), apply_rotary_emb(k, freqs_cis)
         if self.cache is not None:
             k, v = self.cache.update(start, k, v)                      # (B, start+T, n_kv, hd)
@@ -145,7 +146,8 @@ class FeedForward(nn.Module):
 
     def hidden(self, x):
         """SwiGLU's inner activation, the input of `w2`: (B, T, hidden_dim)."""
-        return F.silu(self.w1(x)) * self.w3(x)
+        gate, up = shared_input(x, self.w1, self.w3)                  # one kernel call where they are packed
+        return F.silu(gate) * up
 
 
 class TransformerBlock(nn.Module):
@@ -241,6 +243,7 @@ class QuantLinear(nn.Module):
         # pass, its temporaries fragment the heap between the activations (+0.3 GiB peak for the embedded model)
         on_cpu = all(t.device.type == "cpu" for t in tensors.values())
         self._cpu = self.cpu_layout() if on_cpu and backend in ("auto", "numba") else None
+        self._fused = None   # (ids of the linears, their joined layout) when this one leads a fused call
 
     def packed(self) -> dict:
         """The linear's tensors as the file stores them, by short name (trits|signs, high, binary, ...)."""
@@ -275,10 +278,36 @@ class QuantLinear(nn.Module):
         else:                          # the plain twin: unpack the whole (out, in) weight, then torch.matmul
             return kernels.reference_matmul(x, self.packed(), self.spec)
 
+    def fusable(self, x, linears) -> bool:
+        """Whether `linears` (self first, all taking x) can run as one numba call: version-2 QuantLinears on the
+        numba backend, x on the CPU."""
+        return not x.is_cuda and all(isinstance(m, QuantLinear) and m.structured and m.backend in ("auto", "numba")
+                                     and m._cpu is not None for m in linears)
+
+    def fused(self, x, linears) -> list:
+        """[m(x) for m in linears] (self first) in one numba call. The first call joins their layouts
+        (kernels.fuse_columns) and leaves each linear a view of its part, so the bytes exist once."""
+        key = tuple(id(m) for m in linears)
+        if self._fused is None or self._fused[0] != key:
+            lay = kernels.fuse_columns([m._cpu for m in linears])
+            for i, m in enumerate(linears):
+                m._cpu = kernels.fused_part(lay, i)
+            self._fused = (key, lay)
+        return kernels.columns_matmul_parts(x, self._fused[1])
+
     def extra_repr(self):
         s = self.spec
         return f"{s['shape'][1]}, {s['shape'][0]}, layout={s['layout']}, high_bits={s['high_bits']}, " \
                f"backend={self.backend}"
+
+
+def shared_input(x: torch.Tensor, *linears) -> list:
+    """[linear(x) for linear in linears]: the plain twin. Version-2 QuantLinears on the numba backend answer
+    in one kernel call instead (wq|wk|wv, w1|w3: one launch, x read once; QuantLinear.fused)."""
+    lead = linears[0]
+    if isinstance(lead, QuantLinear) and lead.fusable(x, linears):
+        return lead.fused(x, linears)
+    return [linear(x) for linear in linears]
 
 
 def set_backend(model: nn.Module, backend: str):

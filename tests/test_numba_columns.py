@@ -1,13 +1,16 @@
-"""The numba kernels for version 2 against a float64 dense product; the version-1 IR loops against their
-plain-numba twins (the same bits); numba imported only when the numba backend runs.
+"""The numba kernels for version 2 against a float64 dense product, every instruction set's lookups against their
+plain-numba twins (the same bits, on AVX-512, forced AVX2 and plain-only targets), fused linears against
+separate ones; the version-1 IR loops against their twins; numba imported only when the numba backend runs.
 
 The version-2 linears are the Triton tests' records, written by squeeze10's own packer (test_triton_columns).
 """
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,19 +23,81 @@ from test_triton_columns import CONFIGS, random_columns_linear, rel_err
 from tools import bench
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCHES = (1, 3, kernels.COLUMNS_TABLE_BATCH, kernels.COLUMNS_TABLE_BATCH + 1, 17)   # tables, then tiles
+BATCHES = (1, 3, kernels.COLUMNS_TABLE_BATCH, kernels.COLUMNS_TABLE_BATCH + 1)   # tables, then tiles
+IDS = [f"{c[0]}x{c[1]}-G{c[2]}-R{c[3]}-hb{c[5]}-{c[6]}" for c in CONFIGS]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[f"{c[0]}x{c[1]}-G{c[2]}-R{c[3]}-hb{c[5]}-{c[6]}" for c in CONFIGS])
-def test_columns_numba_matches_float64(config):
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_columns_numba_matches_float64_and_every_isa_gives_the_plain_twins_bits(config):
     tensors, spec = random_columns_linear(*config)
     lay = kernels.columns_cpu_layout(tensors, spec)
     W = kernels.dequantize(tensors, spec).double()
     for M in BATCHES:
         x = torch.randn(M, spec["shape"][1], generator=torch.Generator().manual_seed(M))
-        y = kernels.columns_matmul(x, lay)
-        assert y.shape == (M, spec["shape"][0]) and y.dtype == torch.float32
-        assert rel_err(y, x.double() @ W.T) < 1e-5, M
+        plain = kernels.columns_matmul(x, lay, isa="plain")
+        assert plain.shape == (M, spec["shape"][0]) and plain.dtype == torch.float32
+        assert rel_err(plain, x.double() @ W.T) < 1e-5, M
+        for isa in kernels.cpu_isas():                            # AVX2 and AVX-512 where the CPU has them
+            assert torch.equal(kernels.columns_matmul(x, lay, isa=isa), plain), (isa, M)
+
+
+def test_the_layout_reads_fewer_bytes_than_before_with_bf16_constants_where_exact():
+    """The default preset's shape (fp8 parameters: exact in bf16) at 2.4 bits a weight; fp16 parameters are not
+    all exact in bf16, so their constants stay fp32."""
+    fp8 = kernels.columns_cpu_layout(*bench.random_columns_bytes(64, 1024))
+    assert fp8.wide.tolist() == [0] and 8 * fp8.nbytes() / (64 * 1024) < 2.5
+    tensors, spec = random_columns_linear(*CONFIGS[0])                       # fp16 parameters
+    assert kernels.columns_cpu_layout(tensors, spec).wide.tolist() == [1]
+
+
+def test_fused_linears_give_what_each_gives_alone():
+    """wq|wk|wv as one layout: one call, the same bits as three; each linear's part is a view of the joined
+    bytes; batches through the tables and through the tiles."""
+    shapes = [(70, 300), (33, 300), (40, 300)]
+    linears = [random_columns_linear(out, n_in, 24, 32, 61, 3, "fp8", True, seed=i) for i, (out, n_in) in
+               enumerate(shapes)]
+    alone = [kernels.columns_cpu_layout(t, spec) for t, spec in linears]
+    fused = kernels.fuse_columns(alone)
+    for M in (1, 5, kernels.COLUMNS_TABLE_BATCH + 1):
+        x = torch.randn(M, 300, generator=torch.Generator().manual_seed(M))
+        together = kernels.columns_matmul_parts(x, fused)
+        for i, (lay, y) in enumerate(zip(alone, together)):
+            assert torch.equal(y, kernels.columns_matmul(x, lay))
+            part = kernels.fused_part(fused, i)
+            assert np.shares_memory(part.data, fused.data) and torch.equal(kernels.columns_matmul(x, part), y)
+    with pytest.raises(ValueError, match="fused linears must"):
+        kernels.fuse_columns([alone[0], kernels.columns_cpu_layout(*random_columns_linear(*CONFIGS[2]))])
+
+
+CHILD = """
+import sys, torch, kernels
+from test_triton_columns import CONFIGS, random_columns_linear, rel_err
+tensors, spec = random_columns_linear(*CONFIGS[1])
+lay = kernels.columns_cpu_layout(tensors, spec)
+x = torch.randn(3, spec["shape"][1])
+y = kernels.columns_matmul(x, lay)
+y = kernels.columns_matmul(x, lay)
+same = all(torch.equal(kernels.columns_matmul(x, lay, isa=isa), y) for isa in kernels.cpu_isas())
+W = kernels.dequantize(tensors, spec).double()
+print(kernels.cpu_isas(), kernels.nibble_isa(), same, rel_err(y, x.double() @ W.T) < 1e-5)
+"""
+HASWELL = "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,+lzcnt,+mmx,+movbe,+popcnt,+sse,+sse2,+sse3," \
+          "+sse4.1,+sse4.2,+ssse3,+xsave"
+
+
+@pytest.mark.parametrize("cpu,features,isas", [("haswell", HASWELL, "('plain', 'avx2') avx2"),
+                                               ("x86-64", "+64bit,+sse,+sse2", "('plain',) plain")])
+def test_an_avx2_only_and_a_plain_only_cpu_compile_and_agree(cpu, features, isas):
+    """numba compiling for an AVX2-only CPU (no AVX-512: the byte-shuffle loop, the AVX-512 one a stub) and for
+    a bare x86-64 (both stubs, the plain twins, one notice on stderr for two calls): right, and the same bits."""
+    if "x86" not in os.uname().machine:
+        pytest.skip("x86 targets")
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES=features, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
+    res = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[0] == isas + " True True"
+    notices = [line for line in res.stderr.splitlines() if line.startswith("kernels.py: this CPU has no AVX2")]
+    assert len(notices) == (1 if cpu == "x86-64" else 0)
 
 
 def test_columns_numba_passes_small_tables_and_leading_dimensions(monkeypatch):

@@ -9,6 +9,7 @@ bytes in the default preset's shapes (`random_bytes`, `random_cpu_layout`, ...):
 depend on the values. Every figure is a median over rounds taken in turn, over rotated copies of the weights
 (at least ROTATE_BYTES of them), so that no cache holds the weights between calls, as in a real model.
 """
+import dataclasses
 import json
 import sys
 import time
@@ -80,24 +81,11 @@ def random_cpu_layout(out: int, n_in: int, salient: float = 0.2, high_bits: int 
                 groups=groups, pos_bits=pos_bits, n_codes=1 << high_bits, shape=(out, n_in))
 
 
-def random_columns_layout(out: int, n_in: int, salient: float = 0.2, group_size: int = 128, block_rows: int = 32,
-                          seed=0) -> ColumnsLayout:
-    """What kernels.columns_cpu_layout makes of a random linear of the default preset, built directly (for
-    timing)."""
-    rng = np.random.default_rng(seed)
-    widths = group_widths(n_in, group_size)
-    k = salient_count(salient, n_in)
-    blocks = -(-out // block_rows)
-    cols = np.sort(np.stack([rng.permutation(n_in)[:k] for _ in range(blocks)]), 1).astype(np.int64)
-    first = np.arange(len(widths)) * group_size
-    sign_at = np.concatenate([[0], np.cumsum([bit_bytes(w, 1) for w in widths])])
-    return ColumnsLayout(
-        signs=rng.integers(0, 256, (blocks, sign_at[-1], block_rows), dtype=np.uint8),
-        codes=rng.integers(0, 16, (blocks, k, block_rows), dtype=np.uint8),
-        const=rng.standard_normal((blocks, len(widths), 4, block_rows), dtype=np.float32), salient=cols,
-        sal_at=np.stack([np.searchsorted(c, np.append(first, n_in)) for c in cols]).astype(np.int64),
-        groups=np.stack([first, widths, sign_at[:-1], sign_at[1:]], 1).astype(np.int64),
-        colscale=rng.random(n_in, dtype=np.float32) + 0.5, shape=(out, n_in))
+def random_columns_layout(out: int, n_in: int, copies: int = 1, seed=0) -> list:
+    """`copies` layouts of one random linear of the default preset (kernels.columns_cpu_layout of
+    random_columns_bytes): the first made once, the others its records copied to new memory (for timing)."""
+    lay = kernels.columns_cpu_layout(*random_columns_bytes(out, n_in, seed=seed))
+    return [lay] + [dataclasses.replace(lay, data=lay.data.copy()) for _ in range(copies - 1)]
 
 
 def layout_bytes(lay) -> int:
@@ -110,9 +98,14 @@ def layout_bytes(lay) -> int:
 # -----------------------------------------------------------------------------
 # Timing
 
-def median_ms(fn, reps: int) -> float:
+def median_ms(fn, reps: int, budget_s: float = 1.0) -> float:
+    """The median of `reps` timed calls, fewer (at least 3) where that many would take over budget_s (the
+    plain twins at batch 16)."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
     times = []
-    for _ in range(reps):
+    for _ in range(max(3, min(reps, int(budget_s / max(first, 1e-9))))):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -139,25 +132,34 @@ def rotated(make, one_bytes: int) -> list:
 
 
 def cpu_weights(out, n_in) -> dict:
-    """Rotated copies of one shape's weights in every form the CPU benchmark times."""
+    """Rotated copies of one shape's weights in every form the CPU benchmark times, and the file's bytes of
+    version 2 (what the packed file stores for this linear)."""
+    v2_file = sum(t.nbytes for t in random_columns_bytes(out, n_in)[0].values())
+    v2 = random_columns_layout(out, n_in)
     return {"fp32": rotated(lambda i: torch.randn(out, n_in), 4 * out * n_in),
             "bf16": rotated(lambda i: torch.randn(out, n_in).bfloat16(), 2 * out * n_in),
             "v1": rotated(lambda i: random_cpu_layout(out, n_in, seed=i), layout_bytes(random_cpu_layout(out, n_in))),
-            "v2": rotated(lambda i: random_columns_layout(out, n_in, seed=i),
-                          layout_bytes(random_columns_layout(out, n_in)))}
+            "v2": random_columns_layout(out, n_in, copies(layout_bytes(v2[0]))), "v2_file": v2_file}
+
+
+def v2_rows() -> dict:
+    """The version-2 rows: the default lookups ("v2"), each other instruction set the CPU has, the plain twins."""
+    best = kernels.nibble_isa()
+    return {"v2" if isa == best else f"v2-{isa}": isa for isa in reversed(kernels.cpu_isas())}
 
 
 def bench_cpu(w: dict, batch: int, reps: int):
-    """Medians (ms) of dense fp32, dense bf16, version 1 (IR loops), version 1 (plain twins), version 2, each
-    measured in turn, five rounds, over rotated copies of its weights (`cpu_weights`)."""
+    """Medians (ms) of dense fp32, dense bf16, version 1 (IR loops, plain twins), version 2 (every instruction
+    set of v2_rows), each measured in turn, five rounds, over rotated copies of its weights (`cpu_weights`)."""
     n_in = w["fp32"][0].shape[1]
     x = torch.randn(batch, n_in)
     xb = x.bfloat16()
     calls = {"fp32": lambda i: x @ w["fp32"][i % len(w["fp32"])].T,
              "bf16": lambda i: xb @ w["bf16"][i % len(w["bf16"])].T,
              "v1": lambda i: kernels.numba_matmul(x, w["v1"][i % len(w["v1"])], ir=True),
-             "v1-plain": lambda i: kernels.numba_matmul(x, w["v1"][i % len(w["v1"])], ir=False),
-             "v2": lambda i: kernels.columns_matmul(x, w["v2"][i % len(w["v2"])])}
+             "v1-plain": lambda i: kernels.numba_matmul(x, w["v1"][i % len(w["v1"])], ir=False)}
+    for name, isa in v2_rows().items():
+        calls[name] = lambda i, isa=isa: kernels.columns_matmul(x, w["v2"][i % len(w["v2"])], isa=isa)
     for call in calls.values():
         call(0)                                                   # compile (or load from numba's cache)
     ms = {name: [] for name in calls}
@@ -203,14 +205,16 @@ def bench_cuda(shape, batch, reps):
     return {name: sorted(v)[3] for name, v in ms.items()}, {"v1": kbytes, "v2": kbytes2}
 
 
-def bench(as_json: bool, backend: str, reps: int, shapes=BENCH_SHAPES, batches=BENCH_BATCHES) -> list:
-    """One row per shape, batch and packed layout: its time, the dense product's, the speedup over dense fp32
-    (fp16 on CUDA), the bytes it reads and the GB/s that makes."""
+def bench(as_json: bool, backend: str, reps: int, shapes=BENCH_SHAPES, batches=BENCH_BATCHES, copy=None) -> list:
+    """One row per shape, batch and packed layout: its time, the dense products', the speedup over dense fp32
+    (fp16 on CUDA), the bytes it reads and the GB/s that makes. Printed (not in the rows): the speedup over
+    bf16, the GB/s as a share of `copy` (a copy's GB/s), and for version 2 the bytes its file holds."""
     rows = []
     dense = "fp16" if backend == "triton" else "fp32"
     if not as_json:
-        print(f"{'backend':8} {'layout':8} {'shape':>11} {'batch':>5} {dense + ' ms':>9} {'bf16 ms':>8} "
-              f"{'kernel ms':>9} {'speedup':>7} {'MB read':>7} {'GB/s':>6}")
+        print(f"{'backend':8} {'layout':10} {'shape':>11} {'batch':>5} {dense + ' ms':>9} {'bf16 ms':>8} "
+              f"{'kernel ms':>9} {'speedup':>7} {'vs bf16':>7} {'MB read':>7} {'file MB':>7} {'GB/s':>6} "
+              f"{'% copy':>6}")
     for out, n_in in shapes:
         weights = (out, n_in) if backend == "triton" else cpu_weights(out, n_in)
         for batch in batches:
@@ -225,61 +229,100 @@ def bench(as_json: bool, backend: str, reps: int, shapes=BENCH_SHAPES, batches=B
                 rows.append(row)
                 if not as_json:
                     bf = f"{row['bf16_ms']:8.3f}" if row["bf16_ms"] is not None else f"{'':8}"
-                    print(f"{backend:8} {layout:8} {row['shape']:>11} {batch:5d} {ms[dense]:9.3f} {bf} "
-                          f"{ms[layout]:9.3f} {row['speedup']:7.2f} {kbytes / 1e6:7.2f} {row['gbps']:6.1f}",
-                          flush=True)
+                    vs_bf = f"{row['bf16_ms'] / ms[layout]:7.2f}" if row["bf16_ms"] is not None else f"{'':7}"
+                    file_mb = weights["v2_file"] / 1e6 if layout.startswith("v2") and backend != "triton" else None
+                    file_mb = f"{file_mb:7.2f}" if file_mb else f"{'':7}"
+                    share = f"{100 * row['gbps'] / copy:6.0f}" if copy else f"{'':6}"
+                    print(f"{backend:8} {layout:10} {row['shape']:>11} {batch:5d} {ms[dense]:9.3f} {bf} "
+                          f"{ms[layout]:9.3f} {row['speedup']:7.2f} {vs_bf} {kbytes / 1e6:7.2f} {file_mb} "
+                          f"{row['gbps']:6.1f} {share}", flush=True)
     return rows
+
+
+def separate_calls(x, *linears) -> list:
+    """model.shared_input without the fused call: one kernel call per linear (the decode rows' "before")."""
+    return [linear(x) for linear in linears]
 
 
 def decode_bench(files: dict, rounds: int = 3, tokens: int = 64) -> dict:
     """Greedy decoding of the embedded model for each checkpoint of `files` (name -> path; None: full
     precision), all loaded in this process and timed in turn, `rounds` times: the median tokens/s over
     `tokens` decode steps (EOS does not stop them: every model does the same work), where a step's time goes
-    (ms: the block linears, the output head, everything else), and whether each packed file picks the same
-    first 8 tokens through the reference path."""
+    (ms: the block linears' calls and how many there are, the output head, everything else), and whether each
+    packed file picks the same first 8 tokens through the reference path. Version 2 twice: as it runs
+    ("v2": wq|wk|wv and w1|w3 in one call each) and with one call per linear ("v2-separate", the step before
+    the fused calls)."""
     @torch.inference_mode()
-    def greedy(m, spent=None, steps=tokens):
-        m.setup_cache(1, 4 + steps, fp16_head=True)         # as eval.py's generation decodes
-        logits = m(torch.tensor([[504, 3575, 282, 4649, 314]]))[0, -1]     # "The capital of France is"
-        if spent is not None:
-            spent[0] = 0.0                                   # (the prefill does not count)
-        ids, t0 = [], time.perf_counter()
-        for pos in range(5, 4 + steps):
-            ids.append(int(logits.argmax()))
-            logits = m(torch.tensor([[ids[-1]]]), start=pos)[0, -1]
-        dt = time.perf_counter() - t0
-        m.setup_cache(None, 0)
+    def greedy(m, shared, spent=None, steps=tokens):
+        plain, model.shared_input = model.shared_input, shared
+        try:
+            m.setup_cache(1, 4 + steps, fp16_head=True)     # as eval.py's generation decodes
+            logits = m(torch.tensor([[504, 3575, 282, 4649, 314]]))[0, -1]     # "The capital of France is"
+            if spent is not None:
+                spent[:] = [0.0, 0]                          # (the prefill does not count)
+            ids, t0 = [], time.perf_counter()
+            for pos in range(5, 4 + steps):
+                ids.append(int(logits.argmax()))
+                logits = m(torch.tensor([[ids[-1]]]), start=pos)[0, -1]
+            dt = time.perf_counter() - t0
+            m.setup_cache(None, 0)
+        finally:
+            model.shared_input = plain
         return ids, (steps - 1) / dt
     models = {name: model.load_checkpoint(path) for name, path in files.items()}
-    speeds = {name: [] for name in files}
+    runs = {name: (m, model.shared_input) for name, m in models.items()}
+    if "v2" in models:
+        runs["v2-separate"] = (models["v2"], separate_calls)
+    speeds = {name: [] for name in runs}
     ids = {}
     for _ in range(rounds):
-        for name, m in models.items():
-            ids[name], speed = greedy(m)
+        for name, (m, shared) in runs.items():
+            ids[name], speed = greedy(m, shared)
             speeds[name].append(speed)
     result = {f"{name}_tok_s": round(sorted(v)[len(v) // 2], 2) for name, v in speeds.items()}
-    for name, m in models.items():
-        spent = [0.0]                                        # seconds in the block linears, by forward hooks
-        hooks = []
-        for mod_name, mod in m.named_modules():
-            if mod_name.startswith("layers.") and isinstance(mod, (torch.nn.Linear, model.QuantLinear)):
-                hooks.append(mod.register_forward_pre_hook(lambda mod, x: setattr(mod, "_t0", time.perf_counter())))
-                hooks.append(mod.register_forward_hook(
-                    lambda mod, x, y: spent.__setitem__(0, spent[0] + time.perf_counter() - mod._t0)))
-        _, speed = greedy(m, spent)
+    for name, (m, shared) in runs.items():
+        step, calls, head_ms = linears_time(m, lambda spent: greedy(m, shared, spent)[1], tokens - 1)
+        step_ms = 1e3 / step
+        result[f"{name}_ms_per_step"] = {"total": round(step_ms, 2), "linears": round(calls[0], 2),
+                                         "linear_calls": calls[1], "head": round(head_ms, 2),
+                                         "rest": round(step_ms - calls[0] - head_ms, 2)}
+    for name, path in files.items():
+        if path is not None:                                 # the reference path unpacks every weight at every
+            model.set_backend(models[name], "reference")     # step (~4 s here): the first 8 tokens
+            result[f"{name}_same_tokens_as_reference"] = greedy(models[name], model.shared_input,
+                                                                steps=9)[0] == ids[name][:8]
+    return result
+
+
+def linears_time(m, decode, steps: int):
+    """Run decode(spent) (-> tokens/s) once with the block linears' calls timed: forward hooks on every linear
+    module, and the fused calls (QuantLinear.fused) wrapped. Returns the tokens/s, [ms, calls] per step in the
+    linears, and the output head's ms as a decode step runs it, timed alone."""
+    spent = [0.0, 0]                                         # seconds in the block linears' calls, their number
+
+    def timed_fused(self, x, linears):
+        t0 = time.perf_counter()
+        y = fused(self, x, linears)
+        spent[:] = [spent[0] + time.perf_counter() - t0, spent[1] + 1]
+        return y
+    hooks = []
+    for mod_name, mod in m.named_modules():
+        if mod_name.startswith("layers.") and isinstance(mod, (torch.nn.Linear, model.QuantLinear)):
+            hooks.append(mod.register_forward_pre_hook(lambda mod, x: setattr(mod, "_t0", time.perf_counter())))
+            hooks.append(mod.register_forward_hook(lambda mod, x, y: spent.__setitem__(
+                slice(None), [spent[0] + time.perf_counter() - mod._t0, spent[1] + 1])))
+    fused, model.QuantLinear.fused = model.QuantLinear.fused, timed_fused
+    try:
+        speed = decode(spent)
+    finally:
+        model.QuantLinear.fused = fused
         for h in hooks:
             h.remove()
-        m.setup_cache(1, 1, fp16_head=True)                   # the head as a decode step runs it, timed alone
-        h = torch.randn(1, 1, m.args.dim)
-        head_ms = median_ms(lambda: torch.nn.functional.linear(h.half(), m.decode_head), 21)
-        m.setup_cache(None, 0)
-        step, linears = 1e3 / speed, 1e3 * spent[0] / (tokens - 1)
-        result[f"{name}_ms_per_step"] = {"total": round(step, 2), "linears": round(linears, 2),
-                                         "head": round(head_ms, 2), "rest": round(step - linears - head_ms, 2)}
-        if files[name] is not None:                          # the reference path unpacks every weight at every
-            model.set_backend(m, "reference")                # step (~4 s here): the first 8 tokens
-            result[f"{name}_same_tokens_as_reference"] = greedy(m, steps=9)[0] == ids[name][:8]
-    return result
+    m.setup_cache(1, 1, fp16_head=True)                       # the head as a decode step runs it, timed alone
+    h = torch.randn(1, 1, m.args.dim)
+    head_ms = median_ms(lambda: torch.nn.functional.linear(h.half(), m.decode_head), 21)
+    m.setup_cache(None, 0)
+    return speed, [1e3 * spent[0] / steps, spent[1] // steps], head_ms
 
 
 def asm_census() -> dict:
@@ -326,7 +369,7 @@ def main(argv=None) -> int:
     copy = round(copy_gbps(), 2)
     if not a.json:
         print(f"memory: a copy reads {copy:.1f} GB/s on this machine")
-    rows = bench(a.json, backend, a.reps, shapes)
+    rows = bench(a.json, backend, a.reps, shapes, copy=copy)
     decode = {}
     if a.decode:
         files = {"fp": None}
