@@ -6,7 +6,9 @@ and encoding checks, and the dequantization arithmetic, written once (`grid_weig
 used by the quantizer too. Then y = x @ Wᵀ, from plain to fast:
     1. plain torch   `dequantize` and `reference_matmul` (the yardstick every kernel is tested against), and
                      `lookup_signed_sums`: the table-lookup identity the CPU kernels rest on, in ten lines
-    2. numba (CPU)   `cpu_layout` + `numba_matmul` (version 1), `columns_cpu_layout` + `columns_matmul` (version 2)
+    2. numba (CPU)   `cpu_layout` + `numba_matmul` (version 1), `columns_cpu_layout` + `columns_matmul` (version 2:
+                     nibble tables in LLVM IR for AVX-512 and AVX2 beside their plain twins; `fuse_columns` joins
+                     linears that share an input into one call)
     3. Triton (GPU)  `triton_matmul` (version 1), `triton_matmul_columns` (version 2), on the file's own bytes
 Each kernel's section says what it reads, what it computes, why its loops have their shape, and which plain
 function it must agree with. This file imports nothing of the project; `python tools/bench.py` times it.

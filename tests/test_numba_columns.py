@@ -174,3 +174,18 @@ def test_greedy_decoding_of_a_version_2_file_is_the_same_on_every_backend(packed
         llama.set_backend(m, backend)
         ids[backend] = greedy(m, [5, 17, 99, 3], 12)
     assert ids["numba"] == ids["reference"]
+
+
+def test_a_packed_model_runs_wq_wk_wv_as_one_call_with_the_same_bits(packed_v2):
+    m = llama.load_checkpoint(packed_v2 / "q.safetensors")
+    att = m.layers[0].attention
+    x = torch.randn(1, 1, att.wq.in_features)
+    separate = [att.wq(x), att.wk(x), att.wv(x)]
+    together = llama.shared_input(x, att.wq, att.wk, att.wv)           # the first call joins the layouts
+    assert all(torch.equal(a, b) for a, b in zip(separate, together))
+    fused = att.wq._fused[1]
+    assert all(np.shares_memory(lin._cpu.data, fused.data) for lin in (att.wq, att.wk, att.wv))
+    assert all(torch.equal(lin(x), y) for lin, y in zip((att.wq, att.wk, att.wv), separate))   # the views still work
+    llama.set_backend(m, "reference")                                  # the plain twin: one call per linear
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+               for a, b in zip(llama.shared_input(x, att.wq, att.wk, att.wv), separate))
