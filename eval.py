@@ -327,11 +327,15 @@ def parse_tasks(spec: str) -> list[str]:
 
 
 def run_perplexity(args, ckpt, net, tokenizer, loaded: str) -> dict:
-    text, text_name = eval_text(args)
-    ids = tokenizer.encode(text, bos=tokenizer.add_bos)
+    if args.data == ["validation"] and not args.text:   # the selection protocol's own set (data.py)
+        windows = data.validation_windows(tokenizer, args.seqlen)[:args.windows]
+        ids, text_name = windows.flatten().tolist(), "validation (embedded c4.utf8, outside calibration)"
+    else:
+        text, text_name = eval_text(args)
+        ids = tokenizer.encode(text, bos=tokenizer.add_bos)
+        n = args.windows or (None if args.text else DEFAULT_WINDOWS.get(args.data[0]))
+        windows = make_windows(ids, args.seqlen, n, source=text_name)
     check_vocabulary(max(ids, default=0), net.args.vocab_size, str(args.tokenizer or ckpt))
-    n = args.windows or (None if args.text else DEFAULT_WINDOWS.get(args.data[0]))
-    windows = make_windows(ids, args.seqlen, n, source=text_name)
     if args.seqlen > net.args.max_seq_len:  # RoPE past the trained context: no number anyone compares
         raise data.DataError(f"--seqlen {args.seqlen}: longer than the model's context of "
                              f"{net.args.max_seq_len} tokens (its config's context length)")
@@ -402,7 +406,8 @@ def parse_args(argv=None):
                                                 "(default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.model or .gguf (default: the checkpoint's own)")
     p.add_argument("--data", nargs="+", default=["embedded"], metavar="SOURCE",
-                   help="embedded (default) | technical (the held-out embedded text) | "
+                   help="embedded (default) | technical (the held-out embedded text) | validation "
+                        "(32 x --seqlen tokens of the embedded c4 outside calibration: choosing settings) | "
                         "wikitext2 PATH (wiki.test.raw or its directory) | "
                         "c4 PATH (c4-validation.00000-of-00008.json.gz or its directory)")
     p.add_argument("--text", default=None, help="evaluate on this UTF-8 text file instead")

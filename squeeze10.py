@@ -9,8 +9,9 @@ Every linear layer of every transformer block becomes a mix of 1-bit and 4-bit w
 20% most salient kept on a 4-bit grid. Two formats (presets) hold them:
 - `squeeze10` (the default, format version 2, ~1.9 true bits per weight): the salient weights are whole input
   columns shared by blocks of 32 rows, μ, α and the grid scales are float8, and the binary weights carry one
-  scale per input column (ARB-LLM's "RC"); no 4-bit stage (it measured worse). ../shared/METHOD.md
-  "Version 2" and the README measure every one of these choices.
+  scale per input column (ARB-LLM's "RC"); no 4-bit stage (it measured worse). The same 1.6-bit payload is
+  spent as 30 % at 3 bits (not 20 % at 4) on a clipped grid, calibrated on 128 windows: chosen on a validation
+  set (README, "Choosing the default"). ../shared/METHOD.md "Version 2" and the README measure every choice.
 - `paper` (format version 1, 2.917 bits): the paper as METHOD.md reads it, each row-group choosing its own
   26 salient weights, fp16 parameters, the staged 4-bit step.
 kernels.py draws both packed layouts as C structs and reads them back.
@@ -29,7 +30,7 @@ The file reads in the order the method runs, one section per stage:
    Hessian term (the OBS loss of removing a weight) and B = |binarization error|·(input channel range), a
    bound on how far binarizing that weight widens its output channel's range (`pbar_salience`).
 4. Stage 3: in every row-group the k = round(0.2·width) weights of largest M stay at 4 bits (version 2:
-   the K = round(0.2·in) columns of largest M summed over a block's rows, `column_mask`), the rest become
+   the K = round(0.3·in) columns of largest M summed over a block's rows at 3 bits, `column_mask`), the rest become
    μ ± α (version 2: μ ± α·c_j, `column_scales`), and a second GPTQ pass over W_mid compensates the error
    column by column (`quantize_linears`).
 5. Packing into a safetensors file whose size proves its bits (`pack`, with kernels.pack_*).
@@ -46,6 +47,8 @@ The paper's text is not available; ../shared/METHOD.md fixes the interpretation,
 - Stage 3 re-quantizes W_mid, the stage-1 result (METHOD.md's reading of "staged"). `--stage3-from fp` is
   the other reading the README measures: stage 1 only ranks the weights (PBAR on W_mid), stage 3 starts
   from W itself.
+- The grid's range: GPTQ's min–max (version 1, as the paper), or per row the shrunk range that rounds the
+  salient weights with the least squared error (`--clip`, the default's: it pays at 3 bits, not at 4).
 - Grid and binary parameters are rounded to their stored precision (fp16, or fp8 in units of a power of
   two) before the weights are rounded onto them, so the packed file reproduces the quantizer's output bit
   for bit and GPTQ compensates the parameters' rounding too.
@@ -83,9 +86,10 @@ STEPS = (  # a block's linears, grouped by shared input, in the order the forwar
 
 @dataclass(frozen=True)
 class Settings:
-    """The defaults are the default preset `squeeze10` (format version 2, ~1.9 bits)."""
-    salient: float = 0.2       # fraction kept on the high grid (0: all binary, 1: no binary part)
-    high_bits: int = 4         # the salient weights' grid
+    """The defaults are the default preset `squeeze10` (format version 2, ~1.9 bits), chosen on the validation
+    set (README, "Choosing the default")."""
+    salient: float = 0.3       # fraction kept on the high grid (0: all binary, 1: no binary part)
+    high_bits: int = 3         # the salient weights' grid (30 % at 3 bits measured better than 20 % at 4)
     mid_bits: int | None = None  # stage 1's grid; None: no stage 1 (W_mid = W; the staged step measured worse)
     lam: float = 1.0           # PBAR: M = V/mean V + lam · B/mean B (chosen by the sweep in the README)
     pbar: bool = True          # False: M = V (Hessian-only salience, PB-LLM/BiLLM)
@@ -96,20 +100,22 @@ class Settings:
     block_rows: int | None = 32  # columns: rows that share one choice of salient columns; None: the whole layer
     scales: str = "fp8"        # fp8: μ, α, scale as float8 e4m3 × a power of two per linear | fp16 (version 1)
     column_scale: bool = True  # columns: binary weights μ ± α·c_j, one c per input column (ARB-LLM's RC)
+    clip: bool = True          # the salient grid's range by a clip search (fit_grid; else min–max)
+    nsamples: int | None = 128  # calibration windows (GPTQ's 128); None: by model size (tools/cli.py)
     group_size: int = GROUP_SIZE
     damp: float = DAMP
 
 
-VERSION1 = dict(structure="groups", block_rows=None, scales="fp16", column_scale=False)
+VERSION1 = dict(structure="groups", block_rows=None, scales="fp16", column_scale=False, clip=False, nsamples=None)
 BASELINE = dict(VERSION1, pbar=False, fias="off")
 PRESETS = {  # METHOD.md's table: baselines are presets of the same pipeline
     "squeeze10": Settings(),                                       # the default (README: "Version 2")
-    "paper": Settings(mid_bits=4, **VERSION1),                     # the paper-faithful format, 2.917 bits
+    "paper": Settings(salient=0.2, high_bits=4, mid_bits=4, **VERSION1),   # the paper-faithful format, 2.917 bits
     "pbllm": Settings(salient=0.1, high_bits=8, **BASELINE),       # PB-LLM: 10 % at 8 bits
     "gptq2": Settings(salient=1.0, high_bits=2, **BASELINE),
     "gptq3": Settings(salient=1.0, high_bits=3, **BASELINE),
     "gptq4": Settings(salient=1.0, high_bits=4, **BASELINE),
-    "xnor": Settings(salient=0.0, compensate=False, **BASELINE),   # every weight binary, round to nearest
+    "xnor": Settings(salient=0.0, high_bits=4, compensate=False, **BASELINE),   # all binary, round to nearest
 }
 
 
@@ -305,13 +311,30 @@ def fp8_unit_exp(W) -> int:
     return math.ceil(math.log2(top)) - 8
 
 
-def fit_grid(w, salient, maxq: int, unit=None):
+CLIP_SHRINKS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)   # the clip search's candidate ranges (1: min–max)
+
+
+def fit_grid(w, salient, maxq: int, unit=None, clip: bool = False):
     """GPTQ's asymmetric grid for a row-group w (out, width), over its salient weights only: [min(w, 0),
-    max(w, 0)] in maxq steps. Returns scale and integer zero point, (out,) each."""
+    max(w, 0)] in maxq steps. With `clip`, each row takes the shrunk range s·[min, max], s in CLIP_SHRINKS,
+    whose grid rounds its salient weights with the least squared error (GPTQ's `mse` search, 2-norm).
+    Returns scale and integer zero point, (out,) each."""
     hi = torch.where(salient, w, -torch.inf).amax(1).clamp(min=0)
     lo = torch.where(salient, w, torch.inf).amin(1).clamp(max=0)
-    scale = round_params((hi - lo) / maxq, unit, positive=True)
-    return scale, (-lo / scale).round().clamp(0, maxq)
+    best = None
+    for shrink in CLIP_SHRINKS if clip else (1.0,):
+        s = round_params((hi - lo) * shrink / maxq, unit, positive=True)
+        z = (-lo * shrink / s).round().clamp(0, maxq)
+        if not clip:
+            return s, z
+        codes = torch.round(w / s[:, None]).add_(z[:, None]).clamp_(0, maxq)
+        err = torch.where(salient, (kernels.grid_weights(codes, s[:, None], z[:, None]) - w) ** 2, 0).sum(1)
+        if best is None:
+            best, scale, zero = err, s, z
+        better = err < best
+        best = torch.where(better, err, best)
+        scale, zero = torch.where(better, s, scale), torch.where(better, z, zero)
+    return scale, zero
 
 
 def fit_binary(w, salient, colscale=None, unit=None):
@@ -348,7 +371,8 @@ class Params:
     alpha: torch.Tensor
 
 
-def gptq(W, U, salient, bits: int, group_size: int, unit=None, colscale=None, compensate: bool = True):
+def gptq(W, U, salient, bits: int, group_size: int, unit=None, colscale=None, compensate: bool = True,
+         clip: bool = False):
     """GPTQ (Frantar et al. 2022): quantize W (out, in) one column at a time, in order, and spread each
     column's error over the columns not yet quantized along the rows of U (the upper Cholesky factor of
     H⁻¹), which minimises ‖(W − Ŵ)·Xᵀ‖² for the H = 2XᵀX/n that U came from. A row-group's
@@ -368,7 +392,7 @@ def gptq(W, U, salient, bits: int, group_size: int, unit=None, colscale=None, co
         g1, g = min(g0 + group_size, n), g0 // group_size
         w, m = Wt[g0:g1].T, St[g0:g1].T                       # (out, width)
         if has_grid:
-            P.scale[:, g], P.zero[:, g] = fit_grid(w, m, maxq, unit)
+            P.scale[:, g], P.zero[:, g] = fit_grid(w, m, maxq, unit, clip)
         if has_binary:
             P.mu[:, g], P.alpha[:, g] = fit_binary(w, m, None if Ct is None else Ct[g0:g1].T, unit)
         scale, zero, mu, alpha = (p[:, g].clone() for p in (P.scale, P.zero, P.mu, P.alpha))
@@ -522,7 +546,7 @@ def quantize_linears(weights: list, stats: Stats, s: Settings) -> list[Quantized
                                                                                      mask.split(rows))]
         c_rows = torch.cat([ci.expand(n, -1) for ci, n in zip(c, rows)])   # each row gets its linear's c
     W_hat, codes, P = gptq(W_mid if s.stage3_from == "mid" else W, U, mask, s.high_bits, G, unit, c_rows,
-                           compensate=s.compensate)
+                           compensate=s.compensate, clip=s.clip)
     out, r0 = [], 0
     for n, e, ci in zip(rows, exps, c):
         sl = slice(r0, r0 + n)

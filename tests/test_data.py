@@ -202,3 +202,19 @@ def test_embedded_calibration_set(smollm_tokenizer):
     random.seed(0)
     start = random.randint(0, len(stream) - 64 - 1)
     assert calib[0].tolist() == stream[start:start + 64]
+
+
+def test_validation_windows_avoid_every_default_calibration_draw():
+    """The validation set's windows touch no token of the 32, 64 or 128 x 512 calibration draws (seed 0): the
+    draws are re-made here by data.random_windows' own rule on a stream of position numbers."""
+    n = 78_303                                          # the embedded c4.utf8's length in SmolLM2 tokens
+    ids = list(range(n))
+    starts = data.validation_starts(n, 512)
+    assert len(starts) == data.VALIDATION_WINDOWS
+    assert all(b - a >= 512 for a, b in zip(starts, starts[1:]))   # in order, not overlapping each other
+    for nsamples in (32, 64, 128):
+        calib = data.random_windows(ids, nsamples, 512, seed=0)
+        used = set(calib.flatten().tolist())
+        assert not any(p in used for s in starts for p in range(s, s + 512))
+    with pytest.raises(data.DataError, match="fewer than 32"):
+        data.validation_starts(20_000, 512)

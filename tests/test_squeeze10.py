@@ -476,3 +476,17 @@ def test_the_default_activations_are_float32_for_small_models_and_16_bits_for_la
     acts = cli.default_activations(sq, big, 128 * 2048, "cpu")
     assert acts.dtype == torch.float16 and acts.held_on == "cpu"
     assert cli.default_activations(sq, big, 1024, "cpu", dtype="bf16").dtype == torch.bfloat16
+
+
+def test_default_calibration_by_preset_and_model_size():
+    """Small models: 128 windows of 512 for the default preset, 32 for the paper preset and the baselines (their
+    calibration, hence their bytes, as before); a 7B-sized model: GPTQ's 128 × 2048 for every preset."""
+    small = llama.ModelArgs(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152, hidden_dim=1536)
+    big = llama.ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32000, hidden_dim=11008)
+    cal = cli.default_calibration
+    assert (cal(small, sq.PRESETS["squeeze10"]).nsamples, cal(small, sq.PRESETS["squeeze10"]).seqlen) == (128, 512)
+    for name in ("paper", "pbllm", "gptq3", "xnor"):
+        assert (cal(small, sq.PRESETS[name]).nsamples, cal(small, sq.PRESETS[name]).seqlen) == (32, 512)
+        assert (cal(big, sq.PRESETS[name]).nsamples, cal(big, sq.PRESETS[name]).seqlen) == (128, 2048)
+    with pytest.raises(sq.SettingsError, match="nsamples 0"):
+        cli.check_settings(sq, dataclasses.replace(sq.Settings(), nsamples=0))

@@ -165,3 +165,32 @@ def test_a_flipped_bit_in_a_version_2_file_is_named(capsys, tiny_gguf, tmp_path,
     (tmp_path / "bad.safetensors").write_bytes(bytes(bad))
     with pytest.raises(llama.CheckpointError, match=f"{name}: its bytes do not match the sha256 checksum"):
         llama.load_checkpoint(tmp_path / "bad.safetensors")
+
+
+# -----------------------------------------------------------------------------
+# the clip search of the salient grid
+
+def test_clip_search_picks_the_candidate_range_with_the_least_error():
+    """Against a brute force written here: for each row, every shrunk min–max range in CLIP_SHRINKS made into a
+    3-bit grid by hand (fp16 step, integer zero point), the salient weights rounded onto it, the squared error
+    summed; fit_grid(clip=True) must return the best one's step and zero."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(6, 16, generator=g)
+    salient = torch.rand(6, 16, generator=g) < 0.5
+    maxq = 7
+    scale, zero = sq.fit_grid(w, salient, maxq, clip=True)
+    plain_scale, plain_zero = sq.fit_grid(w, salient, maxq)
+    for r in range(6):
+        v = w[r][salient[r]].double()
+        hi, lo = max(v.max().item(), 0.0), min(v.min().item(), 0.0)
+        errors = []
+        for shrink in sq.CLIP_SHRINKS:
+            step = float(torch.tensor((hi - lo) * shrink / maxq).half())
+            z = min(max(round(-lo * shrink / step), 0), maxq)
+            q = ((v / step).round() + z).clamp(0, maxq)
+            errors.append((((q - z) * step - v) ** 2).sum().item())
+        k = min(range(len(errors)), key=errors.__getitem__)   # the first of equal errors, as fit_grid keeps
+        assert scale[r].item() == pytest.approx(float(torch.tensor((hi - lo) * sq.CLIP_SHRINKS[k] / maxq).half()))
+        assert zero[r].item() == min(max(round(-lo * sq.CLIP_SHRINKS[k] / scale[r].item()), 0), maxq)
+        assert errors[k] <= errors[0]                          # never worse than min–max
+    assert (scale < plain_scale).any()                         # some row clips

@@ -272,6 +272,8 @@ def quantize_parser(sq) -> Parser:
     s.add_argument("--scales", help="fp8 | fp16 (fp8: columns only)")
     s.add_argument("--column-scale", action=argparse.BooleanOptionalAction, default=None,
                    help="columns: binary weights μ ± α·c_j, one c per input column (ARB-LLM's RC)")
+    s.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="the salient grid's range by a clip search (else min–max)")
     return p
 
 
@@ -308,6 +310,8 @@ def check_settings(sq, s):
         raise sq.SettingsError(f"--high-bits {s.high_bits}: must be 2..8")
     if not (s.lam >= 0 and math.isfinite(s.lam)):
         raise sq.SettingsError(f"--lam {s.lam}: must be a finite number >= 0")
+    if s.nsamples is not None and s.nsamples < 1:
+        raise sq.SettingsError(f"nsamples {s.nsamples}: must be at least 1")
     if s.block_rows is not None and s.block_rows < 1:
         raise sq.SettingsError(f"--block-rows {s.block_rows}: must be at least 1, or layer (one set per layer)")
     only_columns = "only the columns layout (--structure columns, 0 < --salient < 1)"
@@ -342,11 +346,12 @@ def small_model(args) -> bool:
     return (4 * args.dim * args.dim + 3 * args.dim * args.hidden_dim) * args.n_layers < 1e9
 
 
-def default_calibration(args) -> Calibration:
-    """GPTQ's 128 × 2048 for real models; for small ones (the embedded 135M on 2 CPU cores) fewer tokens,
-    so that a run takes minutes: quantization time grows with the calibration tokens times the model size."""
+def default_calibration(args, s=None) -> Calibration:
+    """GPTQ's 128 × 2048 for real models; for small ones (the embedded 135M on 2 CPU cores) windows of 512
+    tokens, so that a run takes minutes: 128 of them where the settings ask (the default preset: its Hessians
+    of 1536 inputs then see 42 tokens per input, not 10), else 32 (the paper preset and the baselines)."""
     if small_model(args):
-        return Calibration(nsamples=32, seqlen=512)
+        return Calibration(nsamples=(s.nsamples if s is not None else None) or 32, seqlen=512)
     return Calibration(nsamples=128, seqlen=2048)
 
 
@@ -391,7 +396,7 @@ class Job:
         self.out = check_writable(out, input_files(ckpt, a.tokenizer, rest[0] if rest else None))
         # bf16 keeps a 7B model in 13 GB; each block is quantized in fp32 on the device
         self.net = model.load_checkpoint(ckpt, dtype=torch.float32 if ckpt.suffix == ".gguf" else torch.bfloat16)
-        cal = default_calibration(self.net.args)
+        cal = default_calibration(self.net.args, self.settings)
         cal = Calibration(a.nsamples or cal.nsamples, a.seqlen or cal.seqlen, a.seed)
         if cal.seqlen > self.net.args.max_seq_len:   # positions the model never saw: its activations mean nothing
             raise UsageError(f"--seqlen {cal.seqlen}: longer than the model's context of "
