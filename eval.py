@@ -4,6 +4,7 @@
     python eval.py --ckpt llama2-7b --data wikitext2 ~/data/wikitext-2-raw/wiki.test.raw --dtype bfloat16
     python eval.py --ckpt llama2-7b --data c4 ~/data/c4        # c4-validation.00000-of-00008.json.gz inside
     python eval.py --text my_corpus.txt --json
+    python eval.py --ckpt FILE --data validation --seqlen 512   # choosing settings: c4 outside every calibration draw
     python eval.py --ckpt out/SmolLM2-135M-Instruct.squeeze10.safetensors --generate "The capital of France is"
 
 The protocol (Frantar et al., GPTQ, 2022, as every PTQ paper since reports it): tokenize the whole text once
