@@ -400,7 +400,8 @@ VALIDATION_WINDOWS = 32     # the validation set: 32 windows of 512 tokens of th
 VALIDATION_AVOIDS = (128, 512, 0)   # ... that no calibration window of 128 x 512 (seed 0) touches
 
 
-def validation_starts(n_tokens: int, seqlen: int = 512, count: int = VALIDATION_WINDOWS) -> list[int]:
+def validation_starts(n_tokens: int, seqlen: int = 512, count: int = VALIDATION_WINDOWS,
+                      source: str = "the embedded c4.utf8") -> list[int]:
     """Where the validation windows start in a stream of n_tokens: the first `count` free stretches of `seqlen`
     tokens, in text order, that no window of random_windows' 128 x 512 draw (seed 0) touches. The draw makes
     the same starts in the same order whatever its length, so the 32 x 512 and 64 x 512 draws are inside it."""
@@ -417,7 +418,8 @@ def validation_starts(n_tokens: int, seqlen: int = 512, count: int = VALIDATION_
             starts.append(p + 1 - seqlen)
             run = 0
     if len(starts) < count:
-        raise DataError(f"{len(starts)} windows of {seqlen} tokens outside the calibration draw, fewer than {count}")
+        raise DataError(f"{source}: {len(starts)} windows of {seqlen} tokens outside the calibration draw, "
+                        f"fewer than {count}")
     return starts[:count]
 
 

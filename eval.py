@@ -312,8 +312,8 @@ def eval_text(args) -> tuple[str, str]:
     if kind in ("wikitext2", "c4") and len(rest) == 1:
         read = data.wikitext2_text if kind == "wikitext2" else data.c4_eval_text
         return read(rest[0]), f"{kind} {rest[0]}"
-    raise data.DataError(f"--data {' '.join(args.data)}: expected 'embedded', 'technical', 'wikitext2 PATH' or "
-                         "'c4 PATH'")
+    raise data.DataError(f"--data {' '.join(args.data)}: expected 'embedded', 'technical', 'validation', "
+                         "'wikitext2 PATH' or 'c4 PATH'")
 
 
 def parse_tasks(spec: str) -> list[str]:
@@ -329,7 +329,10 @@ def parse_tasks(spec: str) -> list[str]:
 
 def run_perplexity(args, ckpt, net, tokenizer, loaded: str) -> dict:
     if args.data == ["validation"] and not args.text:   # the selection protocol's own set (data.py)
-        windows = data.validation_windows(tokenizer, args.seqlen)[:args.windows]
+        windows = data.validation_windows(tokenizer, args.seqlen)
+        if (args.windows or 0) > len(windows):
+            raise data.DataError(f"--windows {args.windows}: the validation set holds {len(windows)} windows")
+        windows = windows[:args.windows]
         ids, text_name = windows.flatten().tolist(), "validation (embedded c4.utf8, outside calibration)"
     else:
         text, text_name = eval_text(args)

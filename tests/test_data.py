@@ -218,3 +218,8 @@ def test_validation_windows_avoid_every_default_calibration_draw():
         assert not any(p in used for s in starts for p in range(s, s + 512))
     with pytest.raises(data.DataError, match="fewer than 32"):
         data.validation_starts(20_000, 512)
+
+
+def test_validation_starts_refuse_a_stream_too_short_naming_it():
+    with pytest.raises(data.DataError, match=r"^my.txt: \d+ windows of 512 tokens outside the calibration draw"):
+        data.validation_starts(30_000, 512, source="my.txt")
