@@ -159,17 +159,22 @@ def block_steps(block, x, freqs_cis, acts: Activations):
     block's output last. Mirrors model.TransformerBlock.forward. A paused pass holds only x, m and h, as
     `acts` keeps them; what is cheap to recompute is recomputed rather than held for every chunk: the norms,
     and SwiGLU's (B, T, hidden_dim) activation g, the largest, recomputed for the output once w2 is quantized
-    (a 7B block at 128 × 2048 tokens: 11.5 GB per stream held in float32). (Recomputing m as well measured
-    1.3x slower on the embedded model.)"""
+    (a 7B block at 128 × 2048 tokens: 11.5 GB per stream held in float32). The attention's output m is held
+    for wo when the activations are float32 (small models: recomputing it measured 1.3x slower on the
+    embedded model) and recomputed when they are 16-bit (large models, where memory decides: then a pass
+    holds x or h, never both with m)."""
+    def mix():
+        return block.attention.mix(block.attention_norm(acts.use(x)), freqs_cis)
     yield block.attention_norm(acts.use(x))                  # input of wq, wk, wv: (B, T, dim)
-    m = acts.keep(block.attention.mix(block.attention_norm(acts.use(x)), freqs_cis))
-    yield acts.use(m)                                        # input of wo: (B, T, dim)
-    h = acts.keep(acts.use(x) + block.attention.wo(acts.use(m)))
+    m = acts.keep(mix()) if acts.dtype == torch.float32 else None
+    yield mix() if m is None else acts.use(m)                # input of wo: (B, T, dim)
+    h = acts.keep(acts.use(x) + block.attention.wo(mix() if m is None else acts.use(m)))
     del x, m
     yield block.ffn_norm(acts.use(h))                        # input of w1, w3: (B, T, dim)
     yield block.feed_forward.hidden(block.ffn_norm(acts.use(h)))            # input of w2: (B, T, hidden_dim)
-    h = acts.use(h)
-    yield acts.keep(h + block.feed_forward.w2(block.feed_forward.hidden(block.ffn_norm(h))))   # the output
+    out = acts.keep(acts.use(h) + block.feed_forward.w2(block.feed_forward.hidden(block.ffn_norm(acts.use(h)))))
+    del h                                                    # a finished pass holds nothing but its output
+    yield out
 
 
 class Stats:
@@ -195,10 +200,14 @@ class Stats:
         self.n += x.shape[0]
 
     def hessian(self):
-        return 2 * self.xx / self.n          # H = 2·XᵀX / n_tokens
+        """H = 2·XᵀX / n_tokens, made in place of the sum (read once: 485 MB at a 7B w2's 11008 inputs)."""
+        H, self.xx = self.xx.mul_(2).div_(self.n), None
+        return H
 
     def cross(self):
-        return 2 * self.fq / self.n          # C = 2·X_fpᵀX_q / n_tokens
+        """C = 2·X_fpᵀX_q / n_tokens, in place of its sum as H."""
+        C, self.fq = self.fq.mul_(2).div_(self.n), None
+        return C
 
     def ranges(self):
         return self.hi - self.lo             # r_j = max_t X_tj − min_t X_tj
@@ -238,12 +247,14 @@ def fias_target(W, H, C, delta):
 
     ‖W·X_fpᵀ − Ŵ·X_qᵀ‖² + δ‖W − Ŵ‖²
         = const + ‖(W* − Ŵ)·X_qᵀ‖² + δ‖W* − Ŵ‖² (in units of n/2), so every stage below quantizes W*
-    against H unchanged. Where the streams agree (C = H̃), W* = W. Solved in float64 through H's Cholesky."""
-    L = safe_cholesky(H.double())
+    against H unchanged. Where the streams agree (C = H̃), W* = W. Solved in float64 through H's Cholesky.
+    At a 7B w2's 11008 inputs each (in, in) float64 is 970 MB: C's copy is freed before H's factor is made,
+    and the caller's float32 C with it (the caller passes it without keeping it)."""
     C = C.double()
     C.diagonal().add_(delta)                                  # C + δI, without an (in, in) identity
     rhs = C.T @ W.double().T                                  # (in, out)
-    del C                                                     # (in, in) float64: 970 MB at a 7B w2's 11008
+    del C
+    L = safe_cholesky(H.double())
     return torch.cholesky_solve(rhs, L).T.to(W.dtype)
 
 
@@ -382,7 +393,6 @@ def gptq(W, U, salient, bits: int, group_size: int, unit=None, colscale=None, co
     two per row (None: fp16); colscale (out, in): each row's column scales c_j (None: μ ± α).
     Returns Ŵ, the codes (out, in) uint8 and the Params. Works on Wᵀ: a column is a contiguous row."""
     Wt, St = W.T.contiguous(), salient.T.contiguous()         # (in, out)
-    Ct = None if colscale is None else colscale.T.contiguous()
     n, out = Wt.shape
     ng, maxq = math.ceil(n / group_size), 2 ** bits - 1
     P = Params(torch.ones(out, ng, device=W.device), *(torch.zeros(out, ng, device=W.device) for _ in range(3)))
@@ -394,11 +404,12 @@ def gptq(W, U, salient, bits: int, group_size: int, unit=None, colscale=None, co
         if has_grid:
             P.scale[:, g], P.zero[:, g] = fit_grid(w, m, maxq, unit, clip)
         if has_binary:
-            P.mu[:, g], P.alpha[:, g] = fit_binary(w, m, None if Ct is None else Ct[g0:g1].T, unit)
+            P.mu[:, g], P.alpha[:, g] = fit_binary(w, m, None if colscale is None else colscale[:, g0:g1], unit)
         scale, zero, mu, alpha = (p[:, g].clone() for p in (P.scale, P.zero, P.mu, P.alpha))
         Err = torch.empty(g1 - g0, out, device=W.device)
         for j in range(g0, g1):
-            q, codes[j] = quantize_column(Wt[j], St[j], maxq, scale, zero, mu, alpha, None if Ct is None else Ct[j])
+            q, codes[j] = quantize_column(Wt[j], St[j], maxq, scale, zero, mu, alpha,
+                                          None if colscale is None else colscale[:, j])
             if compensate:
                 err = Err[j - g0]
                 torch.sub(Wt[j], q, out=err).div_(U[j, j])
@@ -507,17 +518,13 @@ def quantize_linears(weights: list, stats: Stats, s: Settings) -> list[Quantized
     linear."""
     W = torch.cat(weights).float()                           # (Σ out, in)
     H = stats.hessian()
-    stats.xx = None                                          # (in, in) sums freed once used: 485 MB each at 11008
     dead = H.diag() == 0                                     # inputs never active: GPTQ's convention
     H[dead, dead] = 1
     W[:, dead] = 0
     delta = s.damp * H.diag().mean()
     H.diagonal().add_(delta)
     if s.fias == "target":                                   # FIAS: reproduce W·X_fp from X_q
-        C = stats.cross()
-        stats.fq = None
-        W = fias_target(W, H, C, delta)
-        del C
+        W = fias_target(W, H, stats.cross(), delta)
     U = inverse_cholesky(H)
     G = s.group_size
     rows = [w.shape[0] for w in weights]
@@ -582,7 +589,7 @@ def quantize_block(i: int, fp_block, xs_fp, xs_q, freqs_cis, s: Settings, acts: 
         for r in DAMPING_RETRIES[retries:]:
             r.update(layer=f"layers.{i}", linears=" + ".join(names))
         for name, lin, q in zip(names, linears, results):
-            lin.weight.copy_(q.weight)
+            lin.weight.data = q.weight                        # the quantized twin computes with Ŵ (not a copy)
             quantized[name] = q
         seconds[names] = time.time() - t0
         errors.active = names                                 # measured as the passes go on
