@@ -184,6 +184,7 @@ def test_results_md_and_the_figures_are_drawn_from_the_rows_json(tmp_path, monke
         assert cells[4] == rp.fmt_ppl(r["ppl_wiki"]) and cells[6] == rp.fmt_ppl(r["ppl_heldout"])
         assert cells[5] == f"{r['ppl_wiki'] / fp['ppl_wiki']:.2f}×"
     assert "123.46" in md and table_cells(md, "gptq4")[0][3].startswith("not made")
+    assert table_cells(md, "gptq3")[-1][-1] == "(1)" and "(1) not recorded" in md   # fake_make records no machine
     for n in [r.name for r in rows if r.zeroshot and r.name in names]:  # the zero-shot rows
         (cells,) = [c for c in table_cells(md, n) if len(c) == 3 + len(rp.PAPER_TASKS)]
         assert cells[-1] == f"**{100 * record[n]['zeroshot']['average']:.2f}**"
@@ -356,6 +357,7 @@ def test_a_rows_record_takes_its_bits_from_the_file(tmp_path, monkeypatch):
     assert rec.bits_by_linear == {"wq": {"shape": [4, 8], "total": 3.0, "payload": 1.5, "index": 0.5, "scales": 1.0}}
     assert rec.zeroshot == {"average": 0.4} and rec.protocol == asdict(P)
     assert rec.rel_error_by_block == [0.25, 1.25] and rec.salient_picture is None   # gptq3: no picture
+    assert rec.machine == rp.machine() and "cores" in rec.machine
 
     scorer = StubScorer()
     rec = rp.make_row(ROW["fp"], "k", None, P, scorer, tmp_path)

@@ -469,6 +469,37 @@ def test_activations_in_16_bits_are_held_in_16_bits_and_change_little(monkeypatc
         sq.Activations(torch.float16).keep(torch.tensor([1.0, 1e6]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_paused_pass_holds_what_its_dtype_says_and_yields_the_forward_pass(dtype):
+    """block_steps against the model's own forward: the same four inputs and output (float16: within its
+    rounding); while paused, a float32 pass holds x and m (fast), a 16-bit one x or h and never m (memory);
+    a finished pass holds nothing but its output."""
+    args = llama.ModelArgs(**TINY)
+    m = llama.build_model(args, {k: (lambda v=v: v) for k, v in random_state(args).items()}, "toy")
+    block, acts = m.layers[0], sq.Activations(dtype)
+    x = torch.randn(2, 16, args.dim, generator=torch.Generator().manual_seed(3))
+    freqs = llama.precompute_freqs_cis(args.dim // args.n_heads, 16, args.rope_theta)
+    run = sq.block_steps(block, acts.keep(x), freqs, acts)
+    x = acts.use(acts.keep(x))
+    seen = []
+    block.attention.wo.register_forward_hook(lambda mod, i, o: seen.append(("wo", i[0])))
+    block.feed_forward.w2.register_forward_hook(lambda mod, i, o: seen.append(("w2", i[0])))
+    first = next(run)
+    assert torch.equal(first, block.attention_norm(x))
+    wo_in = next(run)
+    assert (run.gi_frame.f_locals["m"] is None) == (dtype == torch.float16)
+    w1_in, w2_in = next(run), next(run)
+    assert "x" not in run.gi_frame.f_locals and run.gi_frame.f_locals["h"].dtype == dtype
+    out = next(run)
+    assert set(run.gi_frame.f_locals) <= {"block", "freqs_cis", "acts", "mix", "out"}
+    seen.clear()
+    ref = block(x, freqs)                                     # model.TransformerBlock.forward
+    tol = dict(rtol=0, atol=0) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    assert torch.allclose(wo_in, seen[0][1], **tol) and torch.allclose(w2_in, seen[1][1], **tol)
+    assert torch.allclose(w1_in, block.ffn_norm(x + block.attention.wo(seen[0][1])), **tol)
+    assert torch.allclose(acts.use(out), ref, **tol)
+
+
 def test_the_default_activations_are_float32_for_small_models_and_16_bits_for_large():
     small = llama.ModelArgs(**TINY)
     assert cli.default_activations(sq, small, 1024, "cpu").dtype == torch.float32

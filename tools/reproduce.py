@@ -22,6 +22,7 @@ import gc
 import hashlib
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -203,6 +204,7 @@ class Record:
     bits_by_linear: dict | None    # wq, wk, ...: shape and bits of that kind of linear
     seconds: dict                  # quantize (0 when the file was reused), wiki, heldout, zeroshot, total
     protocol: dict
+    machine: str | None = None     # the CPU (and GPU) that made the row: machine()
 
 
 class RowError(RuntimeError):
@@ -220,6 +222,20 @@ def file_sha256(path) -> str:
 def source_hashes(root: Path = ROOT) -> dict:
     """sha256 of each whole source file a number depends on."""
     return {name: file_sha256(root / name) for name in sorted(set(QUANT_SOURCES + EVAL_SOURCES))}
+
+
+def machine() -> str:
+    """'Intel Xeon ... @ 2.80GHz, 2 cores, avx2+avx512' (and the GPU when scoring on one): timings, and results
+    within a few percent, differ between machines."""
+    name = "unknown CPU"
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    isas = "+".join(isa for isa in kernels.cpu_isas() if isa != "plain") or "no AVX2"
+    gpu = f"; {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{name}, {os.cpu_count()} cores, {isas}{gpu}"
 
 
 def environment() -> dict:
@@ -424,7 +440,7 @@ def make_row(row: Row, key: str, qkey: str | None, protocol: Protocol, scorer: S
                   salient_picture=picture, bits_by_linear=layers,
                   seconds={"quantize": round(quant_seconds, 1), **scores["seconds"],
                            "total": round(time.time() - t0, 1)},
-                  protocol=asdict(protocol))
+                  protocol=asdict(protocol), machine=machine())
 
 
 ESTIMATE = {"quantize": 140, "quantize128": 400, "window": 18, "zeroshot": 340}  # seconds on 2 cores: the ETA
@@ -706,13 +722,17 @@ def render_results(rows: list[Row], records: dict, figures: list[str], note: str
                            f"| {b['scales']:.3f} | {b['total']:.3f} |")
             out += [f"| **all** | {rec.linear_weights:,} weights | {rec.bits['payload']:.3f} | "
                     f"{rec.bits['index']:.3f} | {rec.bits['scales']:.3f} | **{rec.bits['total']:.3f}** |", ""]
-    out += ["## Time", "", "Seconds per row on the machine that made it (quantize is 0 where the file was reused).", "",
-            "| row | quantize | wiki | held-out | zero-shot | total |", "| --- | --- | --- | --- | --- | --- |"]
-    made = [(r.name, records[r.name].seconds) for r in rows if r.name in records]
-    for name, s in made:
+    machines = sorted({records[r.name].machine or "not recorded" for r in rows if r.name in records})
+    out += ["## Time", "", "Seconds per row on the machine that made it (quantize is 0 where the file was reused); "
+            "the machines: " + "; ".join(f"({i + 1}) {m}" for i, m in enumerate(machines)) + ".", "",
+            "| row | quantize | wiki | held-out | zero-shot | total | machine |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    made = [(r.name, records[r.name].seconds, records[r.name].machine or "not recorded") for r in rows
+            if r.name in records]
+    for name, s, m in made:
         out.append(f"| {name} | {s['quantize']:.0f} | {s['wiki']:.0f} | {s['heldout']:.0f} | "
-                   f"{s.get('zeroshot', 0):.0f} | {s['total']:.0f} |")
-    out += [f"| **all** | | | | | **{sum(s['total'] for _, s in made) / 60:.1f} min** |", ""]
+                   f"{s.get('zeroshot', 0):.0f} | {s['total']:.0f} | ({machines.index(m) + 1}) |")
+    out += [f"| **all** | | | | | **{sum(s['total'] for _, s, _ in made) / 60:.1f} min** | |", ""]
     return "\n".join(out)
 
 
