@@ -1,6 +1,6 @@
 """tools/reproduce.py — every row of results/RESULTS.md, and its figures, cached by what each row depends on.
 
-    python tools/reproduce.py                      # every row of the default tables (about 2 hours on 2 cores)
+    python tools/reproduce.py                      # every row of the default tables (about 90 minutes on 2 cores)
     python tools/reproduce.py gptq3 version2       # some rows: by name, or every row of a table (version2: optional)
     python tools/reproduce.py paper-ablations      # the paper's format, one change at a time (not in the default run)
     python tools/reproduce.py all --device cuda    # every row, scored on the GPU
@@ -135,7 +135,7 @@ TABLES = {
                       "frontier (3-bit clipped salient columns, 128 × 512 calibration); the default itself is the "
                       "1.9-bit point. Drawn as one curve in frontier.png beside GPTQ with and without FIAS."),
     "version2": Table("Version 2, one lever at a time", "Each row is the default (`squeeze10`) with one flag; "
-                      "not in the default run (eleven quantizations, about 2 hours here): "
+                      "not in the default run (ten quantizations, about 80 minutes here): "
                       "`python tools/reproduce.py version2`. The README's \"Choosing the default\" has the same "
                       "levers on the validation set, where they were chosen.", optional=True),
     "llamacpp": Table("llama.cpp's quantization types", "One row per `out/llamacpp/SmolLM2-135M-Instruct.TYPE."
@@ -174,7 +174,7 @@ def select_rows(names: list[str], rows: list[Row]) -> list[Row]:
 
 @dataclass(frozen=True)
 class Protocol:
-    """How every row is scored; cheap enough that the default rows take about 2 hours on 2 cores (README)."""
+    """How every row is scored; cheap enough that the default rows take about 90 minutes on 2 cores (README)."""
     wiki_windows: int = 8          # of the embedded Wikipedia (`python eval.py` scores 16)
     heldout_windows: int = 4       # of the embedded technical.utf8, which neither calibration nor any choice saw
     seqlen: int = 2048
@@ -603,8 +603,8 @@ def draw_method(plt, rows: list[Row], records: dict) -> object | None:
     linear, n_rows, n_cols = SALIENT_PICTURE
     for ax, (row, picture) in zip((axes[0][1], axes[1][0]), pictures):
         ax.imshow([[c == "1" for c in line] for line in picture], cmap="Greys", interpolation="nearest")
-        ax.set(title=f"{row}: salient weights (black) of {linear}, rows 0–{n_rows - 1}, columns 0–{n_cols - 1}",
-               xlabel="input column", ylabel="output row")
+        ax.set(title=f"{row}: salient weights (black), {linear}", xlabel=f"input column (0–{n_cols - 1})",
+               ylabel=f"output row (0–{n_rows - 1})")
     ax = axes[1][1]
     left = [0.0] * len(split)
     for part in ("payload", "index", "scales"):
@@ -722,12 +722,13 @@ def render_results(rows: list[Row], records: dict, figures: list[str], note: str
                            f"| {b['scales']:.3f} | {b['total']:.3f} |")
             out += [f"| **all** | {rec.linear_weights:,} weights | {rec.bits['payload']:.3f} | "
                     f"{rec.bits['index']:.3f} | {rec.bits['scales']:.3f} | **{rec.bits['total']:.3f}** |", ""]
-    machines = sorted({records[r.name].machine or "not recorded" for r in rows if r.name in records})
+    unknown = "not recorded (a row made before reproduce.py recorded machines)"
+    machines = sorted({records[r.name].machine or unknown for r in rows if r.name in records})
     out += ["## Time", "", "Seconds per row on the machine that made it (quantize is 0 where the file was reused); "
             "the machines: " + "; ".join(f"({i + 1}) {m}" for i, m in enumerate(machines)) + ".", "",
             "| row | quantize | wiki | held-out | zero-shot | total | machine |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
-    made = [(r.name, records[r.name].seconds, records[r.name].machine or "not recorded") for r in rows
+    made = [(r.name, records[r.name].seconds, records[r.name].machine or unknown) for r in rows
             if r.name in records]
     for name, s, m in made:
         out.append(f"| {name} | {s['quantize']:.0f} | {s['wiki']:.0f} | {s['heldout']:.0f} | "
