@@ -593,8 +593,10 @@ def quantize_block(i: int, fp_block, xs_fp, xs_q, freqs_cis, s: Settings, acts: 
             quantized[name] = q
         seconds[names] = time.time() - t0
         errors.active = names                                 # measured as the passes go on
-    ys_fp = [next(run) for run in fp_runs]
-    ys_q = [next(run) for run in q_runs]
+    ys_fp, ys_q = [], []
+    for fp_run, q_run in zip(fp_runs, q_runs):               # chunk by chunk, as the statistics: the error
+        ys_fp.append(next(fp_run))                            # hooks then queue one w2 output, not one per chunk
+        ys_q.append(next(q_run))                              # (4 GiB at a 7B block's 128 × 2048 tokens)
     errors.remove()
     for name, q in quantized.items():
         q.rel_error = errors.relative(name)

@@ -500,6 +500,29 @@ def test_a_paused_pass_holds_what_its_dtype_says_and_yields_the_forward_pass(dty
     assert torch.allclose(acts.use(out), ref, **tol)
 
 
+def test_the_streams_advance_chunk_by_chunk_so_the_error_hooks_queue_one_output(monkeypatch):
+    """Every pass of a block, the output pass included, runs chunk i of the full-precision stream and then chunk
+    i of the quantized one: a linear's full-precision output waits for its twin's at most one chunk (had the
+    output pass run every fp chunk first, a 7B w2's outputs for 128 × 2048 tokens would wait: 4 GiB)."""
+    monkeypatch.setattr(sq, "CHUNK_TOKENS", 32)                   # 2 windows of 16 tokens a chunk: 4 chunks
+    depth = []
+    real = sq.OutputErrors.compare
+
+    def compare(self, name):
+        hook = real(self, name)
+
+        def measured(module, inputs, output):
+            depth.append(len(self.queued[name]))
+            return hook(module, inputs, output)
+        return measured
+    monkeypatch.setattr(sq.OutputErrors, "compare", compare)
+    args = llama.ModelArgs(**TINY)
+    m = llama.build_model(args, {k: (lambda v=v: v) for k, v in random_state(args).items()}, "toy")
+    tokens = torch.randint(0, args.vocab_size, (8, 16), generator=torch.Generator().manual_seed(4))
+    sq.quantize(m, tokens, sq.Settings(group_size=G), log=lambda msg: None)
+    assert max(depth) == 1 and depth.count(1) == args.n_layers * 7 * 4                # every linear, every chunk
+
+
 def test_the_default_activations_are_float32_for_small_models_and_16_bits_for_large():
     small = llama.ModelArgs(**TINY)
     assert cli.default_activations(sq, small, 1024, "cpu").dtype == torch.float32

@@ -361,11 +361,11 @@ ACT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 def default_activations(sq, args, tokens: int, device: str, dtype: str | None = None,
                         offload: bool | None = None):
     """float32 for small models (the embedded one keeps its exact numerics), float16 from 1 B block weights;
-    on a GPU, held in CPU memory (offload) when the two streams' x and m (or h and the output) would take
-    more than half the free device memory."""
+    on a GPU, held in CPU memory (offload) when what the two streams hold would take more than half the free
+    device memory: x and m each in float32, x or h each in 16 bits (squeeze10.block_steps)."""
     dt = ACT_DTYPES[dtype or ("fp32" if small_model(args) else "fp16")]
     if offload is None:
-        need = 4 * tokens * args.dim * dt.itemsize
+        need = (4 if dt == torch.float32 else 2) * tokens * args.dim * dt.itemsize
         offload = device.startswith("cuda") and need > torch.cuda.mem_get_info(torch.device(device))[0] / 2
     return sq.Activations(dt, device, "cpu" if offload else device)
 
