@@ -3,7 +3,6 @@ float64), names what it skipped, fails when a kernel is wrong, and its GPU-only 
 synthetic.py's report, the timings' table) works on stand-ins for what only a GPU gives.
 """
 import json
-import os
 import subprocess
 import sys
 
@@ -11,7 +10,8 @@ import pytest
 import torch
 
 import kernels
-from conftest import ROOT
+import model
+from conftest import ROOT, TINY, write_gguf
 from tools import gpu_check
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU machine's behaviour")
@@ -145,24 +145,15 @@ def test_bad_flags_give_one_line_and_exit_code_2(argv, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_a_test_that_needs_gguf_is_skipped_only_under_the_gpu_check(tmp_path):
+def test_a_test_that_needs_gguf_is_skipped_only_under_the_gpu_check(tmp_path, monkeypatch):
     """A bare GPU image has no gguf: under SQUEEZE10_GPU_CHECK=1 (which run_tests sets) the GGUF fixture skips
     and pytest counts it; anywhere else a missing gguf is an error, never a silent skip."""
-    probe = ("import sys; sys.modules['gguf'] = None\n"      # `import gguf` now raises ImportError
-             "from pathlib import Path\n"
-             "import conftest, model, pytest\n"
-             "try:\n"
-             "    conftest.write_gguf(Path(sys.argv[1]), model.ModelArgs(**conftest.TINY))\n"
-             "except pytest.skip.Exception as e:\n"
-             "    print('skipped:', e)\n"
-             "except ImportError as e:\n"
-             "    print('ImportError:', e)\n")
-    runs = {}
-    for flag in ("1", ""):
-        res = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "tiny.gguf")], capture_output=True,
-                             text=True, cwd=ROOT / "tests", timeout=120,
-                             env={**os.environ, "SQUEEZE10_GPU_CHECK": flag})
-        runs[flag] = res.stdout.strip()
-    assert runs["1"].startswith("skipped: gguf is not installed"), runs
-    assert runs[""].startswith("ImportError"), runs
+    monkeypatch.setitem(sys.modules, "gguf", None)                # `import gguf` now raises ImportError
+    args = model.ModelArgs(**TINY)
+    monkeypatch.setenv("SQUEEZE10_GPU_CHECK", "1")
+    with pytest.raises(pytest.skip.Exception, match="gguf is not installed"):
+        write_gguf(tmp_path / "tiny.gguf", args)
+    monkeypatch.setenv("SQUEEZE10_GPU_CHECK", "")
+    with pytest.raises(ImportError):
+        write_gguf(tmp_path / "tiny.gguf", args)
     assert not (tmp_path / "tiny.gguf").exists()
