@@ -74,6 +74,7 @@ A file is version 2 when any linear uses this layout; the other layouts write ve
 import hashlib
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -788,12 +789,13 @@ def _link_ir(context):
 
 def _ir_call(name: str, params: tuple, *args):
     """The typing and code generation of a numba intrinsic that calls _LOOPS_IR's function `name`, for argument
-    types `args`. One entry of `params` per IR argument: "i32" or "i64", an integer; or a numpy dtype name, an
-    array of it (C-contiguous) which the caller follows with a flat element offset: the IR gets a pointer to
-    that element. None (no match) when an array is of another kind."""
+    types `args`. One entry of `params` per IR argument: "i32" or "i64", an integer; "f32", a float; or a numpy
+    dtype name, an array of it (C-contiguous) which the caller follows with a flat element offset: the IR gets a
+    pointer to that element. None (no match) when an array is of another kind."""
+    scalars = {"i32": numba.types.int32, "i64": numba.types.int64, "f32": numba.types.float32}
     at = 0
     for p in params:
-        if p not in ("i32", "i64"):
+        if p not in scalars:
             a = args[at]
             if not (isinstance(a, numba.types.Array) and a.dtype == getattr(numba.types, p) and a.layout == "C"):
                 return None
@@ -805,8 +807,8 @@ def _ir_call(name: str, params: tuple, *args):
         _link_ir(context)
         ir_args, at = [], 0
         for p in params:
-            if p in ("i32", "i64"):
-                ir_args.append(context.cast(builder, values[at], sig.args[at], getattr(numba.types, "int" + p[1:])))
+            if p in scalars:
+                ir_args.append(context.cast(builder, values[at], sig.args[at], scalars[p]))
             else:
                 data = context.make_array(sig.args[at])(context, builder, values[at]).data
                 at += 1
@@ -1033,12 +1035,15 @@ def numba_matmul(x: torch.Tensor, lay: dict, ir: bool | None = None) -> torch.Te
 # the indices). A shuffle returns bytes, so each fp32 table is stored as 4 byte planes (byte k of every entry);
 # the four shuffled planes are interleaved back into exact fp32 values: the tables stay exact, the sums are the
 # plain twin's to the bit. The IR needs AVX2 (AVX-512 CPUs have it): elsewhere the plain twins run (and say so
-# once). Up to COLUMNS_TABLE_BATCH rows of x share each record's load, one table set per activation row; larger
-# batches (prefill, perplexity) decode tiles of rows to float32 and multiply by BLAS, as version 1 does.
+# once). Up to COLUMNS_TABLE_BATCH rows of x share each record's load, one table set per activation row; on
+# AVX-512 the loops take 4 rows of x at a time (BATCH_ROWS), so that each quad's nibbles and each column's codes
+# are unpacked once for the four; larger batches (prefill, perplexity) decode tiles of rows to float32 and
+# multiply by BLAS, as version 1 does.
 
 COLUMNS_TABLE_BATCH = 16   # up to this many rows of x: the table kernel; above: decoded tiles and BLAS
 TABLE_BYTES = 256 << 10    # the tables (byte planes) of one pass over row-groups: at most this many bytes, in L2
 ROWS = 32                  # rows per lane block: one byte shuffle of 32 nibbles (the IR is written for 32)
+BATCH_ROWS = 4             # rows of x per call of the AVX-512 loops: each nibble and code unpacked once for them
 
 
 @dataclass
@@ -1251,6 +1256,10 @@ def _nibble_tables(x, colscale, groups, byte_planes, xc, X, T, planes):
 #                                 bytes at planes + 64q; one vpshufb looks up 32 rows, for one byte of their entries)
 #   sq10_codes(codes, cols, n, np, x, xc, out): out[r] = Σ_{i<n} code(i, r)·x[cols[i]], out[32] = Σ_i x[cols[i]],
 #                                 out[33] = Σ_i xc[cols[i]]       (np: nibble planes a code; plain LLVM, any CPU)
+#   sq10_combine(const, plus, dot, bx, bcx, sx, y): y[r] += α·(2·plus[r] − bcx) + μ·bx + scale·dot[r] − scale·zero·sx,
+#                                 the record's 32 rows in float32 vectors (plain LLVM, any CPU). In numba, the same
+#                                 loop over an array slice stays scalar; done in double (the literal 2 made it one),
+#                                 it took a third of the batch-16 time.
 # sq10_nibbles_avx2 keeps its sums in four 8-float registers, in the order the byte interleaves leave them (rows
 # 0-3 and 16-19, 4-7 and 20-23, 8-11 and 24-27, 12-15 and 28-31) and puts them back in row order once, at exit.
 
@@ -1279,9 +1288,45 @@ _IR_CONSTANTS = {   # the names in the IR below; the masks of vpunpck{l,h}{bw,wd
     "SPLAT15": _ir_vector([15] * 16, "i8"),
     "SPLAT4x32": _ir_vector([4] * 32, "i8"),
     "SPLAT4": _ir_vector([4] * 16, "i8"),
+    "SPLAT2F": _ir_vector(["2.0"] * 32, "float"),
 }
 _NIBBLE_IR = {"plain": r"""
-@llvm.used = appending global [1 x ptr] [ptr @sq10_codes], section "llvm.metadata"
+@llvm.used = appending global [3 x ptr] [ptr @sq10_codes, ptr @sq10_codes4, ptr @sq10_combine], section "llvm.metadata"
+
+define linkonce_odr void @sq10_combine(ptr %const, ptr %plus, ptr %dot, float %bx, float %bcx, float %sx,
+                                       ptr %y) alwaysinline {
+entry:
+  ; the record's constants for the 32 rows: α, μ, scale, scale·zero
+  %alpha = load <32 x float>, ptr %const, align 4
+  %mu_ptr = getelementptr float, ptr %const, i64 32
+  %mu = load <32 x float>, ptr %mu_ptr, align 4
+  %scale_ptr = getelementptr float, ptr %const, i64 64
+  %scale = load <32 x float>, ptr %scale_ptr, align 4
+  %sz_ptr = getelementptr float, ptr %const, i64 96
+  %sz = load <32 x float>, ptr %sz_ptr, align 4
+  %p = load <32 x float>, ptr %plus, align 4
+  %d = load <32 x float>, ptr %dot, align 4
+  %yv = load <32 x float>, ptr %y, align 4
+  %bx0 = insertelement <32 x float> poison, float %bx, i64 0
+  %bxs = shufflevector <32 x float> %bx0, <32 x float> poison, <32 x i32> zeroinitializer
+  %bcx0 = insertelement <32 x float> poison, float %bcx, i64 0
+  %bcxs = shufflevector <32 x float> %bcx0, <32 x float> poison, <32 x i32> zeroinitializer
+  %sx0 = insertelement <32 x float> poison, float %sx, i64 0
+  %sxs = shufflevector <32 x float> %sx0, <32 x float> poison, <32 x i32> zeroinitializer
+  ; α·(2·plus − bcx) + μ·bx + scale·dot − (scale·zero)·sx, left to right, then added to y
+  %twice = fmul <32 x float> SPLAT2F, %p
+  %diff = fsub <32 x float> %twice, %bcxs
+  %a = fmul <32 x float> %alpha, %diff
+  %b = fmul <32 x float> %mu, %bxs
+  %c = fmul <32 x float> %scale, %d
+  %z = fmul <32 x float> %sz, %sxs
+  %ab = fadd <32 x float> %a, %b
+  %abc = fadd <32 x float> %ab, %c
+  %e = fsub <32 x float> %abc, %z
+  %sum = fadd <32 x float> %yv, %e
+  store <32 x float> %sum, ptr %y, align 4
+  ret void
+}
 
 define linkonce_odr void @sq10_codes(ptr %codes, ptr %cols, i64 %n, i64 %np, ptr %x, ptr %xc, ptr %out) alwaysinline {
 entry:
@@ -1426,7 +1471,7 @@ done:
 }
 """, "avx512": r"""
 declare <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float>, <16 x i32>)
-@llvm.used = appending global [1 x ptr] [ptr @sq10_nibbles_avx512], section "llvm.metadata"
+@llvm.used = appending global [2 x ptr] [ptr @sq10_nibbles_avx512, ptr @sq10_nibbles4_avx512], section "llvm.metadata"
 
 define linkonce_odr void @sq10_nibbles_avx512(ptr %T, ptr %signs, i64 %nq, ptr %out) alwaysinline {
 entry:
@@ -1464,23 +1509,158 @@ done:
   ret void
 }
 """}
+
+
+# Batches of 4 rows of x (AVX-512 only: on AVX2's 16 registers, 4 rows' sums would spill). The loops above once
+# more, for rows 0 .. 3 of x at once: a quad's nibbles and a column's codes are unpacked once and serve the four
+# rows (each row's own table, its own activation); each row's sums are those of the 1-row loop, added in the
+# same order, so the bits are the plain twin's. The lines marked {r} are written once per row (`_per_row`):
+#   sq10_nibbles4_avx512(T, stride, signs, nq, out): row r's tables at T + r·stride floats, its sums at out + 32r
+#   sq10_codes4(codes, cols, n, np, x, xstride, xc, xcstride, out): row r's x at x + r·xstride (xc alike), its
+#                                 sums at out + 34r (32 rows, then Σ x and Σ xc)
+
+def _per_row(ir: str, rows: int = 4) -> str:
+    """Each line of `ir` that names {r} (or {ar+b}: a·r + b) written once per row r < rows, in order."""
+    lines = []
+    for line in ir.split("\n"):
+        if not _ROW_NAME.search(line):
+            lines.append(line)
+            continue
+        for r in range(rows):
+            lines.append(_ROW_NAME.sub(lambda m: str(int(m[1] or 1) * r + int(m[2] or 0)), line))
+    return "\n".join(lines)
+
+
+_ROW_NAME = re.compile(r"\{(\d*)r(?:\+(\d+))?\}")
+_NIBBLE_IR["avx512"] += _per_row(r"""
+
+define linkonce_odr void @sq10_nibbles4_avx512(ptr %T, i64 %stride, ptr %signs, i64 %nq, ptr %out) alwaysinline {
+entry:
+  %off{r} = mul i64 %stride, {r}
+  %T{r} = getelementptr float, ptr %T, i64 %off{r}
+  %none = icmp eq i64 %nq, 0
+  br i1 %none, label %done, label %loop
+loop:
+  %q = phi i64 [0, %entry], [%q1, %loop]
+  %lo_sum{r} = phi <16 x float> [zeroinitializer, %entry], [%lo_sum{r}n, %loop]
+  %hi_sum{r} = phi <16 x float> [zeroinitializer, %entry], [%hi_sum{r}n, %loop]
+  ; the quad's sign bytes, unpacked once for the four rows of x
+  %s_at = mul i64 %q, 16
+  %s_ptr = getelementptr i8, ptr %signs, i64 %s_at
+  %s = load <16 x i8>, ptr %s_ptr, align 1
+  %s32 = zext <16 x i8> %s to <16 x i32>
+  %lo = and <16 x i32> %s32, SPLAT15_32
+  %hi = lshr <16 x i32> %s32, SPLAT4_32
+  ; row r of x: its own table of the quad, looked up for the 32 weight rows
+  %t_at = mul i64 %q, 16
+  %t{r}_ptr = getelementptr float, ptr %T{r}, i64 %t_at
+  %t{r} = load <16 x float>, ptr %t{r}_ptr, align 4
+  %lo_v{r} = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %t{r}, <16 x i32> %lo)
+  %hi_v{r} = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %t{r}, <16 x i32> %hi)
+  %lo_sum{r}n = fadd <16 x float> %lo_sum{r}, %lo_v{r}
+  %hi_sum{r}n = fadd <16 x float> %hi_sum{r}, %hi_v{r}
+  %q1 = add i64 %q, 1
+  %more = icmp ult i64 %q1, %nq
+  br i1 %more, label %loop, label %done
+done:
+  %r_lo{r} = phi <16 x float> [zeroinitializer, %entry], [%lo_sum{r}n, %loop]
+  %r_hi{r} = phi <16 x float> [zeroinitializer, %entry], [%hi_sum{r}n, %loop]
+  %o_lo{r} = getelementptr float, ptr %out, i64 {32r}
+  store <16 x float> %r_lo{r}, ptr %o_lo{r}, align 4
+  %o_hi{r} = getelementptr float, ptr %out, i64 {32r+16}
+  store <16 x float> %r_hi{r}, ptr %o_hi{r}, align 4
+  ret void
+}
+""")
+_NIBBLE_IR["plain"] += _per_row(r"""
+
+define linkonce_odr void @sq10_codes4(ptr %codes, ptr %cols, i64 %n, i64 %np, ptr %x, i64 %xstride, ptr %xc,
+                                      i64 %xcstride, ptr %out) alwaysinline {
+entry:
+  %xoff{r} = mul i64 %xstride, {r}
+  %x{r} = getelementptr float, ptr %x, i64 %xoff{r}
+  %xcoff{r} = mul i64 %xcstride, {r}
+  %xc{r} = getelementptr float, ptr %xc, i64 %xcoff{r}
+  %stride = shl i64 %np, 4
+  %two = icmp eq i64 %np, 2
+  %none = icmp eq i64 %n, 0
+  br i1 %none, label %done, label %loop
+loop:
+  %i = phi i64 [0, %entry], [%i1, %join]
+  %a{r} = phi <32 x float> [zeroinitializer, %entry], [%a{r}n, %join]
+  %sx{r} = phi float [0.0, %entry], [%sx{r}n, %join]
+  %scx{r} = phi float [0.0, %entry], [%scx{r}n, %join]
+  ; column i's codes for the 32 weight rows, unpacked once for the four rows of x (as sq10_codes)
+  %c_at = mul i64 %i, %stride
+  %c_ptr = getelementptr i8, ptr %codes, i64 %c_at
+  %c = load <16 x i8>, ptr %c_ptr, align 1
+  %lo = and <16 x i8> %c, SPLAT15
+  %hi = lshr <16 x i8> %c, SPLAT4
+  %v = shufflevector <16 x i8> %lo, <16 x i8> %hi, <32 x i32> FIRST32
+  br i1 %two, label %high, label %join
+high:
+  %c2_ptr = getelementptr i8, ptr %c_ptr, i64 16
+  %c2 = load <16 x i8>, ptr %c2_ptr, align 1
+  %lo2 = and <16 x i8> %c2, SPLAT15
+  %hi2 = lshr <16 x i8> %c2, SPLAT4
+  %v2 = shufflevector <16 x i8> %lo2, <16 x i8> %hi2, <32 x i32> FIRST32
+  %v2s = shl <32 x i8> %v2, SPLAT4x32
+  %vh = or <32 x i8> %v, %v2s
+  br label %join
+join:
+  %code = phi <32 x i8> [%v, %loop], [%vh, %high]
+  %codef = uitofp <32 x i8> %code to <32 x float>
+  %col_ptr = getelementptr i16, ptr %cols, i64 %i
+  %col16 = load i16, ptr %col_ptr, align 2
+  %col = zext i16 %col16 to i64
+  ; row r of x: its activation at the column, times the 32 codes (a multiply, then an add: no FMA)
+  %x{r}_ptr = getelementptr float, ptr %x{r}, i64 %col
+  %xv{r} = load float, ptr %x{r}_ptr, align 4
+  %xc{r}_ptr = getelementptr float, ptr %xc{r}, i64 %col
+  %xcv{r} = load float, ptr %xc{r}_ptr, align 4
+  %sx{r}n = fadd float %sx{r}, %xv{r}
+  %scx{r}n = fadd float %scx{r}, %xcv{r}
+  %xs{r}0 = insertelement <32 x float> poison, float %xv{r}, i64 0
+  %xs{r} = shufflevector <32 x float> %xs{r}0, <32 x float> poison, <32 x i32> zeroinitializer
+  %cx{r} = fmul <32 x float> %codef, %xs{r}
+  %a{r}n = fadd <32 x float> %a{r}, %cx{r}
+  %i1 = add i64 %i, 1
+  %more = icmp ult i64 %i1, %n
+  br i1 %more, label %loop, label %done
+done:
+  %ra{r} = phi <32 x float> [zeroinitializer, %entry], [%a{r}n, %join]
+  %rsx{r} = phi float [0.0, %entry], [%sx{r}n, %join]
+  %rscx{r} = phi float [0.0, %entry], [%scx{r}n, %join]
+  %o{r} = getelementptr float, ptr %out, i64 {34r}
+  store <32 x float> %ra{r}, ptr %o{r}, align 4
+  %osx{r} = getelementptr float, ptr %out, i64 {34r+32}
+  store float %rsx{r}, ptr %osx{r}, align 4
+  %oscx{r} = getelementptr float, ptr %out, i64 {34r+33}
+  store float %rscx{r}, ptr %oscx{r}, align 4
+  ret void
+}
+""")
 for _name in sorted(_IR_CONSTANTS, key=len, reverse=True):   # the longest first: SPLAT4x32 before SPLAT4
     _NIBBLE_IR = {isa: ir.replace(_name, _IR_CONSTANTS[_name]) for isa, ir in _NIBBLE_IR.items()}
 # Where the target CPU lacks an instruction set its loop is linked as a stub that traps: never called (the
 # kernels check cpu_isas() first), but it lets the kernels that name it compile.
-_NIBBLE_STUBS = {isa: f"""
-declare void @llvm.trap()
-@llvm.used = appending global [1 x ptr] [ptr @sq10_nibbles_{isa}], section "llvm.metadata"
-define linkonce_odr void @sq10_nibbles_{isa}(ptr %planes, ptr %signs, i64 %nq, ptr %out) {{
+_STUB_SIGNATURES = {"avx2": ["sq10_nibbles_avx2(ptr, ptr, i64, ptr)"],
+                    "avx512": ["sq10_nibbles_avx512(ptr, ptr, i64, ptr)",
+                               "sq10_nibbles4_avx512(ptr, i64, ptr, i64, ptr)"]}
+_NIBBLE_STUBS = {isa: "declare void @llvm.trap()\n"
+                 + f"@llvm.used = appending global [{len(signatures)} x ptr] ["
+                 + ", ".join("ptr @" + s.split("(")[0] for s in signatures) + '], section "llvm.metadata"\n'
+                 + "".join(f"""
+define linkonce_odr void @{signature} {{
   call void @llvm.trap()
   unreachable
 }}
-""" for isa in ("avx2", "avx512")}
+""" for signature in signatures) for isa, signatures in _STUB_SIGNATURES.items()}
 
 
 def _define_nibble_intrinsics():
     """Version 2's IR loops as numba intrinsics (load_numba)."""
-    global _nibble_sums_avx2, _nibble_sums_avx512, _code_sums
+    global _nibble_sums_avx2, _nibble_sums_avx512, _code_sums, _nibble_sums4_avx512, _code_sums4, _combine
 
     @numba.extending.intrinsic
     def _nibble_sums_avx2(typingctx, planes, p_at, signs, s_at, nq, out, o_at):
@@ -1494,6 +1674,28 @@ def _define_nibble_intrinsics():
         """The same sums from the fp32 tables at T.flat[t_at:]."""
         return _ir_call("sq10_nibbles_avx512", ("float32", "uint8", "i64", "float32"), T, t_at, signs, s_at, nq,
                         out, o_at)
+
+    @numba.extending.intrinsic
+    def _nibble_sums4_avx512(typingctx, T, t_at, stride, signs, s_at, nq, out, o_at):
+        """The sums of _nibble_sums_avx512 for 4 rows of x at once: row r's tables at T.flat[t_at + r·stride:],
+        its sums at out.flat[o_at + 32r:]."""
+        return _ir_call("sq10_nibbles4_avx512", ("float32", "i64", "uint8", "i64", "float32"), T, t_at, stride,
+                        signs, s_at, nq, out, o_at)
+
+    @numba.extending.intrinsic
+    def _code_sums4(typingctx, codes, c_at, cols, k_at, n, np_, x, x_at, x_stride, xc, xc_at, xc_stride, out, o_at):
+        """The sums of _code_sums for 4 rows of x at once: row r's x at x.flat[x_at + r·x_stride:] (xc alike),
+        its 34 sums at out.flat[o_at + 34r:]."""
+        return _ir_call("sq10_codes4", ("uint8", "uint16", "i64", "i64", "float32", "i64", "float32", "i64",
+                                        "float32"),
+                        codes, c_at, cols, k_at, n, np_, x, x_at, x_stride, xc, xc_at, xc_stride, out, o_at)
+
+    @numba.extending.intrinsic
+    def _combine(typingctx, const, c_at, plus, p_at, dot, d_at, bx, bcx, sx, y, y_at):
+        """y.flat[y_at + r] += α·(2·plus − bcx) + μ·bx + scale·dot − scale·zero·sx for the 32 rows r of a record
+        (const.flat[c_at:]: α, μ, scale, scale·zero, 32 each; plus, dot at their offsets): _combine_plain's sums."""
+        return _ir_call("sq10_combine", ("float32", "float32", "float32", "f32", "f32", "f32", "float32"),
+                        const, c_at, plus, p_at, dot, d_at, bx, bcx, sx, y, y_at)
 
     @numba.extending.intrinsic
     def _code_sums(typingctx, codes, c_at, cols, k_at, n, np_, x, x_at, xc, xc_at, out, o_at):
@@ -1536,6 +1738,16 @@ def _code_sums_plain(codes, c_at, cols, k_at, n, planes, x, x_at, xc, xc_at, out
             out[16 + t] += np.float32(hi) * xs
 
 
+@cpu_kernel(fastmath=False, cache=True)   # explicit: a callee inherits its caller's fastmath otherwise
+def _combine_plain(const, plus, dot, bx, bcx, sx, y):
+    """y[r] += α·(2·plus[r] − bcx) + μ·bx + scale·dot[r] − scale·zero·sx, r < 32: a record's part of the product
+    (const: α, μ, scale, scale·zero, 32 each), in float32, left to right, as sq10_combine."""
+    two = np.float32(2)                                      # (a literal 2 would make the term a double)
+    for r in range(ROWS):
+        y[r] += (const[r] * (two * plus[r] - bcx) + const[ROWS + r] * bx
+                 + const[2 * ROWS + r] * dot[r] - const[3 * ROWS + r] * sx)
+
+
 @cpu_kernel(fastmath=False, cache=True, inline="always")   # inlined: a call per record costs more than the loop
 def _record_constants(data16, data32, rec, wide, bits):
     """The record's 4 × 32 constants (α, μ, scale, scale·zero) as fp32 bits into `bits` (128,) uint32; returns
@@ -1569,8 +1781,8 @@ def _columns_gemv(x, colscale, chunk, threads, data, at, count, part, wide, plan
     data16, data32 = data.view(np.uint16), data.view(np.uint32)
     threads = min(L, threads)
     for th in numba.prange(threads):
-        plus = np.empty(ROWS, np.float32)                    # per row: Σ c·x over its s = +1 weights
-        dot = np.empty(ROWS + 2, np.float32)                 # Σ code·x over its salient weights; Σ x, Σ c·x
+        plus = np.empty((BATCH_ROWS, ROWS), np.float32)      # per row of x and weight row: Σ c·x over s = +1
+        dot = np.empty((BATCH_ROWS, ROWS + 2), np.float32)   # Σ code·x over the salient weights; Σ x, Σ c·x
         bits = np.empty(4 * ROWS, np.uint32)
         const = bits.view(np.float32)                        # α, μ, scale, scale·zero: 32 each
         for g0 in range(0, ng, chunk):
@@ -1581,25 +1793,35 @@ def _columns_gemv(x, colscale, chunk, threads, data, at, count, part, wide, plan
                     s_at = _record_constants(data16, data32, at[lb, g], wide[p], bits)
                     c_at = s_at + 16 * nq                    # the codes
                     k_at = c_at + 16 * planes[p] * n         # the salient columns
-                    for m in range(M):
+                    m = 0
+                    while m < M:                             # rows m .. m + B − 1 of x
+                        B = BATCH_ROWS if isa == 2 and M - m >= BATCH_ROWS else 1
                         t_at = ((p * M + m) * Q + groups[g, 2]) * 16
                         xc_at = (p * M + m) * n_in
-                        if isa == 2:
+                        if B > 1:
+                            _nibble_sums4_avx512(T, t_at, Q * 16, data, s_at, nq, plus, 0)
+                            _code_sums4(data, c_at, data16, k_at // 2, n, planes[p], x, m * n_in, n_in,
+                                        xc, xc_at, n_in, dot, 0)
+                        elif isa == 2:
                             _nibble_sums_avx512(T, t_at, data, s_at, nq, plus, 0)
                         elif isa == 1:
                             _nibble_sums_avx2(tables, 4 * t_at, data, s_at, nq, plus, 0)
                         else:
-                            _nibble_sums_plain(T, t_at, data, s_at, nq, plus)
-                        if isa > 0:
+                            _nibble_sums_plain(T, t_at, data, s_at, nq, plus[0])
+                        if B == 1 and isa > 0:
                             _code_sums(data, c_at, data16, k_at // 2, n, planes[p], x, m * n_in, xc, xc_at, dot, 0)
-                        else:
-                            _code_sums_plain(data, c_at, data16, k_at // 2, n, planes[p], x, m * n_in, xc, xc_at, dot)
-                        sx, scx = dot[ROWS], dot[ROWS + 1]               # Σ_{S∩g} x and Σ_{S∩g} c·x
-                        bx, bcx = X[p, m, g, 0] - sx, X[p, m, g, 1] - scx   # the same over the binary columns
-                        ym = y[m, ROWS * lb:ROWS * (lb + 1)]             # (a slice: see _record_constants)
-                        for r in range(ROWS):
-                            ym[r] += (const[r] * (2 * plus[r] - bcx) + const[ROWS + r] * bx
-                                      + const[2 * ROWS + r] * dot[r] - const[3 * ROWS + r] * sx)
+                        elif B == 1:
+                            _code_sums_plain(data, c_at, data16, k_at // 2, n, planes[p], x, m * n_in, xc, xc_at,
+                                             dot[0])
+                        for b in range(B):
+                            sx, scx = dot[b, ROWS], dot[b, ROWS + 1]                # Σ_{S∩g} x and Σ_{S∩g} c·x
+                            bx, bcx = X[p, m + b, g, 0] - sx, X[p, m + b, g, 1] - scx   # the binary columns'
+                            if isa > 0:
+                                _combine(const, 0, plus, ROWS * b, dot, (ROWS + 2) * b, bx, bcx, sx,
+                                         y, (m + b) * y.shape[1] + ROWS * lb)
+                            else:
+                                _combine_plain(const, plus[b], dot[b], bx, bcx, sx, y[m + b, ROWS * lb:])
+                        m += B
 
 
 @cpu_kernel(parallel=True, cache=True)

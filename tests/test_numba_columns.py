@@ -23,7 +23,8 @@ from test_triton_columns import CONFIGS, random_columns_linear, rel_err
 from tools import bench
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCHES = (1, 3, kernels.COLUMNS_TABLE_BATCH, kernels.COLUMNS_TABLE_BATCH + 1)   # tables, then tiles
+# the tables (6: on AVX-512 a call for 4 rows of x, then 2 alone), then the decoded tiles
+BATCHES = (1, 3, 6, kernels.COLUMNS_TABLE_BATCH, kernels.COLUMNS_TABLE_BATCH + 1)
 IDS = [f"{c[0]}x{c[1]}-G{c[2]}-R{c[3]}-hb{c[5]}-{c[6]}" for c in CONFIGS]
 
 
