@@ -1030,7 +1030,7 @@ def numba_matmul(x: torch.Tensor, lay: dict, ir: bool | None = None) -> torch.Te
 # 2.4 bits a weight, against the file's 1.9 (which stores signs only for the binary columns, and fp8 constants)
 # and the previous layout's 3.6 (a code per byte, fp32 constants, int64 columns).
 #
-# The fast path (LLVM IR below, `sq10_nibbles`, `sq10_codes`) keeps 32 rows' sums in registers and looks a quad
+# The fast path (LLVM IR below, `sq10_nibbles…`, `sq10_codes…`) keeps 32 rows' sums in registers and looks a quad
 # up for 32 rows with four byte shuffles (vpshufb: the table's 16 entries sit in a register, the 32 nibbles are
 # the indices). A shuffle returns bytes, so each fp32 table is stored as 4 byte planes (byte k of every entry);
 # the four shuffled planes are interleaved back into exact fp32 values: the tables stay exact, the sums are the
@@ -1250,12 +1250,10 @@ def _nibble_tables(x, colscale, groups, byte_planes, xc, X, T, planes):
 # The inner loops in LLVM IR, beside their plain twins (same arguments, same arithmetic in the same order, hence
 # the same bits: tests/test_numba_columns.py checks it). `out` receives rows 0 .. 31 of a lane block, stored
 # once at exit (the sums stay in registers):
-#   sq10_nibbles_avx512(T, signs, nq, out):  out[r] = Σ_{q<nq} T_q[nibble of row r in quad q]
-#                                 (T_q: 16 fp32 entries at T + 16q; one vpermps looks up 16 rows)
-#   sq10_nibbles_avx2(planes, signs, nq, out): the same sums from the tables' byte planes (T_q as 4 planes of 16
-#                                 bytes at planes + 64q; one vpshufb looks up 32 rows, for one byte of their entries)
-#   sq10_codes(codes, cols, n, np, x, xc, out): out[r] = Σ_{i<n} code(i, r)·x[cols[i]], out[32] = Σ_i x[cols[i]],
-#                                 out[33] = Σ_i xc[cols[i]]       (np: nibble planes a code; plain LLVM, any CPU)
+#   sq10_nibbles{rows}_avx512 and sq10_codes{rows}: below, after the AVX2 loop (written for `rows` rows of x)
+#   sq10_nibbles_avx2(planes, signs, nq, out): out[r] = Σ_{q<nq} T_q[nibble of row r in quad q], from the tables'
+#                                 byte planes (T_q as 4 planes of 16 bytes at planes + 64q; one vpshufb looks up
+#                                 32 rows, for one byte of their entries)
 #   sq10_combine(const, plus, dot, bx, bcx, sx, y): y[r] += α·(2·plus[r] − bcx) + μ·bx + scale·dot[r] − scale·zero·sx,
 #                                 the record's 32 rows in float32 vectors (plain LLVM, any CPU). In numba, the same
 #                                 loop over an array slice stays scalar; done in double (the literal 2 made it one),
@@ -1291,7 +1289,7 @@ _IR_CONSTANTS = {   # the names in the IR below; the masks of vpunpck{l,h}{bw,wd
     "SPLAT2F": _ir_vector(["2.0"] * 32, "float"),
 }
 _NIBBLE_IR = {"plain": r"""
-@llvm.used = appending global [3 x ptr] [ptr @sq10_codes, ptr @sq10_codes4, ptr @sq10_combine], section "llvm.metadata"
+@llvm.used = appending global [3 x ptr] [ptr @sq10_codes1, ptr @sq10_codes4, ptr @sq10_combine], section "llvm.metadata"
 
 define linkonce_odr void @sq10_combine(ptr %const, ptr %plus, ptr %dot, float %bx, float %bcx, float %sx,
                                        ptr %y) alwaysinline {
@@ -1325,68 +1323,6 @@ entry:
   %e = fsub <32 x float> %abc, %z
   %sum = fadd <32 x float> %yv, %e
   store <32 x float> %sum, ptr %y, align 4
-  ret void
-}
-
-define linkonce_odr void @sq10_codes(ptr %codes, ptr %cols, i64 %n, i64 %np, ptr %x, ptr %xc, ptr %out) alwaysinline {
-entry:
-  %stride = shl i64 %np, 4
-  %two = icmp eq i64 %np, 2
-  %none = icmp eq i64 %n, 0
-  br i1 %none, label %done, label %loop
-loop:
-  %i = phi i64 [0, %entry], [%i1, %join]
-  %a = phi <32 x float> [zeroinitializer, %entry], [%a1, %join]
-  %sx = phi float [0.0, %entry], [%sx1, %join]
-  %scx = phi float [0.0, %entry], [%scx1, %join]
-  ; column i's first nibble plane: byte t = row t's bits 0-3 (low nibble) | row 16+t's (high nibble)
-  %c_at = mul i64 %i, %stride
-  %c_ptr = getelementptr i8, ptr %codes, i64 %c_at
-  %c = load <16 x i8>, ptr %c_ptr, align 1
-  %lo = and <16 x i8> %c, SPLAT15
-  %hi = lshr <16 x i8> %c, SPLAT4
-  %v = shufflevector <16 x i8> %lo, <16 x i8> %hi, <32 x i32> FIRST32
-  br i1 %two, label %high, label %join
-high:
-  ; codes of 5 to 8 bits: the second plane holds bits 4-7
-  %c2_ptr = getelementptr i8, ptr %c_ptr, i64 16
-  %c2 = load <16 x i8>, ptr %c2_ptr, align 1
-  %lo2 = and <16 x i8> %c2, SPLAT15
-  %hi2 = lshr <16 x i8> %c2, SPLAT4
-  %v2 = shufflevector <16 x i8> %lo2, <16 x i8> %hi2, <32 x i32> FIRST32
-  %v2s = shl <32 x i8> %v2, SPLAT4x32
-  %vh = or <32 x i8> %v, %v2s
-  br label %join
-join:
-  %code = phi <32 x i8> [%v, %loop], [%vh, %high]
-  %codef = uitofp <32 x i8> %code to <32 x float>
-  ; the column's activation (and c·x), x broadcast to the 32 rows
-  %col_ptr = getelementptr i16, ptr %cols, i64 %i
-  %col16 = load i16, ptr %col_ptr, align 2
-  %col = zext i16 %col16 to i64
-  %x_ptr = getelementptr float, ptr %x, i64 %col
-  %xv = load float, ptr %x_ptr, align 4
-  %xc_ptr = getelementptr float, ptr %xc, i64 %col
-  %xcv = load float, ptr %xc_ptr, align 4
-  %sx1 = fadd float %sx, %xv
-  %scx1 = fadd float %scx, %xcv
-  %xs0 = insertelement <32 x float> poison, float %xv, i64 0
-  %xs = shufflevector <32 x float> %xs0, <32 x float> poison, <32 x i32> zeroinitializer
-  ; a multiply, then an add (no FMA: the plain twin's rounding)
-  %cx = fmul <32 x float> %codef, %xs
-  %a1 = fadd <32 x float> %a, %cx
-  %i1 = add i64 %i, 1
-  %more = icmp ult i64 %i1, %n
-  br i1 %more, label %loop, label %done
-done:
-  %r = phi <32 x float> [zeroinitializer, %entry], [%a1, %join]
-  %rsx = phi float [0.0, %entry], [%sx1, %join]
-  %rscx = phi float [0.0, %entry], [%scx1, %join]
-  store <32 x float> %r, ptr %out, align 4
-  %sx_ptr = getelementptr float, ptr %out, i64 32
-  store float %rsx, ptr %sx_ptr, align 4
-  %scx_ptr = getelementptr float, ptr %out, i64 33
-  store float %rscx, ptr %scx_ptr, align 4
   ret void
 }
 """, "avx2": r"""
@@ -1471,58 +1407,28 @@ done:
 }
 """, "avx512": r"""
 declare <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float>, <16 x i32>)
-@llvm.used = appending global [2 x ptr] [ptr @sq10_nibbles_avx512, ptr @sq10_nibbles4_avx512], section "llvm.metadata"
-
-define linkonce_odr void @sq10_nibbles_avx512(ptr %T, ptr %signs, i64 %nq, ptr %out) alwaysinline {
-entry:
-  %none = icmp eq i64 %nq, 0
-  br i1 %none, label %done, label %loop
-loop:
-  %q = phi i64 [0, %entry], [%q1, %loop]
-  %lo_sum = phi <16 x float> [zeroinitializer, %entry], [%lo_sum1, %loop]
-  %hi_sum = phi <16 x float> [zeroinitializer, %entry], [%hi_sum1, %loop]
-  ; quad q's 16 sign bytes, one per 32-bit lane: row t's nibble in bits 0-3, row 16+t's in bits 4-7
-  %s_at = mul i64 %q, 16
-  %s_ptr = getelementptr i8, ptr %signs, i64 %s_at
-  %s = load <16 x i8>, ptr %s_ptr, align 1
-  %s32 = zext <16 x i8> %s to <16 x i32>
-  %lo = and <16 x i32> %s32, SPLAT15_32
-  %hi = lshr <16 x i32> %s32, SPLAT4_32
-  ; quad q's table, its 16 fp32 entries in one register; vpermps picks entry idx[t] for lane t
-  %t_at = mul i64 %q, 16
-  %t_ptr = getelementptr float, ptr %T, i64 %t_at
-  %t = load <16 x float>, ptr %t_ptr, align 4
-  %lo_v = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %t, <16 x i32> %lo)
-  %hi_v = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %t, <16 x i32> %hi)
-  ; rows 0-15, rows 16-31
-  %lo_sum1 = fadd <16 x float> %lo_sum, %lo_v
-  %hi_sum1 = fadd <16 x float> %hi_sum, %hi_v
-  %q1 = add i64 %q, 1
-  %more = icmp ult i64 %q1, %nq
-  br i1 %more, label %loop, label %done
-done:
-  %r_lo = phi <16 x float> [zeroinitializer, %entry], [%lo_sum1, %loop]
-  %r_hi = phi <16 x float> [zeroinitializer, %entry], [%hi_sum1, %loop]
-  store <16 x float> %r_lo, ptr %out, align 4
-  %out_hi = getelementptr float, ptr %out, i64 16
-  store <16 x float> %r_hi, ptr %out_hi, align 4
-  ret void
-}
+@llvm.used = appending global [2 x ptr] [ptr @sq10_nibbles1_avx512, ptr @sq10_nibbles4_avx512], section "llvm.metadata"
 """}
 
 
-# Batches of 4 rows of x (AVX-512 only: on AVX2's 16 registers, 4 rows' sums would spill). The loops above once
-# more, for rows 0 .. 3 of x at once: a quad's nibbles and a column's codes are unpacked once and serve the four
-# rows (each row's own table, its own activation); each row's sums are those of the 1-row loop, added in the
-# same order, so the bits are the plain twin's. The lines marked {r} are written once per row (`_per_row`):
-#   sq10_nibbles4_avx512(T, stride, signs, nq, out): row r's tables at T + r·stride floats, its sums at out + 32r
-#   sq10_codes4(codes, cols, n, np, x, xstride, xc, xcstride, out): row r's x at x + r·xstride (xc alike), its
-#                                 sums at out + 34r (32 rows, then Σ x and Σ xc)
+# Two of the loops are written once for `rows` rows of x (the lines marked {r} are written once per row,
+# `_per_row`) and made for 1 row and for BATCH_ROWS: a quad's nibbles and a column's codes are unpacked once and
+# serve every row (each row's own table, its own activation); each row's sums are added in the same order as
+# with one row, so the bits are the plain twins'. AVX2 takes 1 row only: on its 16 registers, 4 rows' sums
+# would spill.
+#   sq10_nibbles{rows}_avx512(T, stride, signs, nq, out): out[r] = Σ_{q<nq} T_q[nibble of row r in quad q]
+#                                 (T_q: 16 fp32 entries at T + 16q; one vpermps looks up 16 rows), for each row
+#                                 of x: its tables at T + row·stride floats, its sums at out + 32·row
+#   sq10_codes{rows}(codes, cols, n, np, x, xstride, xc, xcstride, out): out[r] = Σ_{i<n} code(i, r)·x[cols[i]],
+#                                 out[32] = Σ_i x[cols[i]], out[33] = Σ_i xc[cols[i]] (np: nibble planes a code;
+#                                 plain LLVM, any CPU), for each row of x: its x at x + row·xstride (xc alike),
+#                                 its 34 sums at out + 34·row
 
-def _per_row(ir: str, rows: int = 4) -> str:
-    """Each line of `ir` that names {r} (or {ar+b}: a·r + b) written once per row r < rows, in order."""
+def _per_row(ir: str, rows: int) -> str:
+    """`ir` for `rows` rows of x: {rows} named, and each line that names {r} (or {ar+b}: a·r + b) written once
+    per row r < rows, in order."""
     lines = []
-    for line in ir.split("\n"):
+    for line in ir.replace("{rows}", str(rows)).split("\n"):
         if not _ROW_NAME.search(line):
             lines.append(line)
             continue
@@ -1532,9 +1438,10 @@ def _per_row(ir: str, rows: int = 4) -> str:
 
 
 _ROW_NAME = re.compile(r"\{(\d*)r(?:\+(\d+))?\}")
-_NIBBLE_IR["avx512"] += _per_row(r"""
+_NIBBLES_AVX512 = r"""
 
-define linkonce_odr void @sq10_nibbles4_avx512(ptr %T, i64 %stride, ptr %signs, i64 %nq, ptr %out) alwaysinline {
+define linkonce_odr void @sq10_nibbles{rows}_avx512(ptr %T, i64 %stride, ptr %signs, i64 %nq,
+                                                   ptr %out) alwaysinline {
 entry:
   %off{r} = mul i64 %stride, {r}
   %T{r} = getelementptr float, ptr %T, i64 %off{r}
@@ -1544,14 +1451,16 @@ loop:
   %q = phi i64 [0, %entry], [%q1, %loop]
   %lo_sum{r} = phi <16 x float> [zeroinitializer, %entry], [%lo_sum{r}n, %loop]
   %hi_sum{r} = phi <16 x float> [zeroinitializer, %entry], [%hi_sum{r}n, %loop]
-  ; the quad's sign bytes, unpacked once for the four rows of x
+  ; quad q's 16 sign bytes, one per 32-bit lane: row t's nibble in bits 0-3, row 16+t's in bits 4-7; unpacked
+  ; once for every row of x
   %s_at = mul i64 %q, 16
   %s_ptr = getelementptr i8, ptr %signs, i64 %s_at
   %s = load <16 x i8>, ptr %s_ptr, align 1
   %s32 = zext <16 x i8> %s to <16 x i32>
   %lo = and <16 x i32> %s32, SPLAT15_32
   %hi = lshr <16 x i32> %s32, SPLAT4_32
-  ; row r of x: its own table of the quad, looked up for the 32 weight rows
+  ; row r of x: its own table of quad q, 16 fp32 entries in one register; vpermps picks entry idx[t] for lane t,
+  ; rows 0-15 by the low nibbles, rows 16-31 by the high ones
   %t_at = mul i64 %q, 16
   %t{r}_ptr = getelementptr float, ptr %T{r}, i64 %t_at
   %t{r} = load <16 x float>, ptr %t{r}_ptr, align 4
@@ -1571,11 +1480,11 @@ done:
   store <16 x float> %r_hi{r}, ptr %o_hi{r}, align 4
   ret void
 }
-""")
-_NIBBLE_IR["plain"] += _per_row(r"""
+"""
+_CODES = r"""
 
-define linkonce_odr void @sq10_codes4(ptr %codes, ptr %cols, i64 %n, i64 %np, ptr %x, i64 %xstride, ptr %xc,
-                                      i64 %xcstride, ptr %out) alwaysinline {
+define linkonce_odr void @sq10_codes{rows}(ptr %codes, ptr %cols, i64 %n, i64 %np, ptr %x, i64 %xstride, ptr %xc,
+                                       i64 %xcstride, ptr %out) alwaysinline {
 entry:
   %xoff{r} = mul i64 %xstride, {r}
   %x{r} = getelementptr float, ptr %x, i64 %xoff{r}
@@ -1590,7 +1499,8 @@ loop:
   %a{r} = phi <32 x float> [zeroinitializer, %entry], [%a{r}n, %join]
   %sx{r} = phi float [0.0, %entry], [%sx{r}n, %join]
   %scx{r} = phi float [0.0, %entry], [%scx{r}n, %join]
-  ; column i's codes for the 32 weight rows, unpacked once for the four rows of x (as sq10_codes)
+  ; column i's first nibble plane: byte t = row t's bits 0-3 (low nibble) | row 16+t's (high nibble),
+  ; unpacked once for every row of x
   %c_at = mul i64 %i, %stride
   %c_ptr = getelementptr i8, ptr %codes, i64 %c_at
   %c = load <16 x i8>, ptr %c_ptr, align 1
@@ -1639,13 +1549,15 @@ done:
   store float %rscx{r}, ptr %oscx{r}, align 4
   ret void
 }
-""")
+"""
+_NIBBLE_IR["avx512"] += "".join(_per_row(_NIBBLES_AVX512, rows) for rows in (1, BATCH_ROWS))
+_NIBBLE_IR["plain"] += "".join(_per_row(_CODES, rows) for rows in (1, BATCH_ROWS))
 for _name in sorted(_IR_CONSTANTS, key=len, reverse=True):   # the longest first: SPLAT4x32 before SPLAT4
     _NIBBLE_IR = {isa: ir.replace(_name, _IR_CONSTANTS[_name]) for isa, ir in _NIBBLE_IR.items()}
 # Where the target CPU lacks an instruction set its loop is linked as a stub that traps: never called (the
 # kernels check cpu_isas() first), but it lets the kernels that name it compile.
 _STUB_SIGNATURES = {"avx2": ["sq10_nibbles_avx2(ptr, ptr, i64, ptr)"],
-                    "avx512": ["sq10_nibbles_avx512(ptr, ptr, i64, ptr)",
+                    "avx512": ["sq10_nibbles1_avx512(ptr, i64, ptr, i64, ptr)",
                                "sq10_nibbles4_avx512(ptr, i64, ptr, i64, ptr)"]}
 _NIBBLE_STUBS = {isa: "declare void @llvm.trap()\n"
                  + f"@llvm.used = appending global [{len(signatures)} x ptr] ["
@@ -1669,26 +1581,27 @@ def _define_nibble_intrinsics():
         return _ir_call("sq10_nibbles_avx2", ("uint8", "uint8", "i64", "float32"),
                         planes, p_at, signs, s_at, nq, out, o_at)
 
-    @numba.extending.intrinsic
-    def _nibble_sums_avx512(typingctx, T, t_at, signs, s_at, nq, out, o_at):
-        """The same sums from the fp32 tables at T.flat[t_at:]."""
-        return _ir_call("sq10_nibbles_avx512", ("float32", "uint8", "i64", "float32"), T, t_at, signs, s_at, nq,
-                        out, o_at)
+    def nibble_sums_avx512(rows):
+        @numba.extending.intrinsic
+        def sums(typingctx, T, t_at, stride, signs, s_at, nq, out, o_at):
+            """The same sums from the fp32 tables at T.flat[t_at:], for `rows` rows of x at once: row b's tables
+            at T.flat[t_at + b·stride:], its sums at out.flat[o_at + 32b:]."""
+            return _ir_call(f"sq10_nibbles{rows}_avx512", ("float32", "i64", "uint8", "i64", "float32"), T, t_at,
+                            stride, signs, s_at, nq, out, o_at)
+        return sums
+    _nibble_sums_avx512, _nibble_sums4_avx512 = nibble_sums_avx512(1), nibble_sums_avx512(BATCH_ROWS)
 
-    @numba.extending.intrinsic
-    def _nibble_sums4_avx512(typingctx, T, t_at, stride, signs, s_at, nq, out, o_at):
-        """The sums of _nibble_sums_avx512 for 4 rows of x at once: row r's tables at T.flat[t_at + r·stride:],
-        its sums at out.flat[o_at + 32r:]."""
-        return _ir_call("sq10_nibbles4_avx512", ("float32", "i64", "uint8", "i64", "float32"), T, t_at, stride,
-                        signs, s_at, nq, out, o_at)
-
-    @numba.extending.intrinsic
-    def _code_sums4(typingctx, codes, c_at, cols, k_at, n, np_, x, x_at, x_stride, xc, xc_at, xc_stride, out, o_at):
-        """The sums of _code_sums for 4 rows of x at once: row r's x at x.flat[x_at + r·x_stride:] (xc alike),
-        its 34 sums at out.flat[o_at + 34r:]."""
-        return _ir_call("sq10_codes4", ("uint8", "uint16", "i64", "i64", "float32", "i64", "float32", "i64",
-                                        "float32"),
-                        codes, c_at, cols, k_at, n, np_, x, x_at, x_stride, xc, xc_at, xc_stride, out, o_at)
+    def code_sums(rows):
+        @numba.extending.intrinsic
+        def sums(typingctx, codes, c_at, cols, k_at, n, np_, x, x_at, x_stride, xc, xc_at, xc_stride, out, o_at):
+            """out.flat[o_at + r] = Σ_{i<n} code(i, r)·x.flat[x_at + cols.flat[k_at + i]]; then Σ x and Σ xc over
+            the n columns; for `rows` rows of x at once: row b's x at x.flat[x_at + b·x_stride:] (xc alike), its
+            34 sums at out.flat[o_at + 34b:]."""
+            return _ir_call(f"sq10_codes{rows}", ("uint8", "uint16", "i64", "i64", "float32", "i64", "float32",
+                                                  "i64", "float32"),
+                            codes, c_at, cols, k_at, n, np_, x, x_at, x_stride, xc, xc_at, xc_stride, out, o_at)
+        return sums
+    _code_sums, _code_sums4 = code_sums(1), code_sums(BATCH_ROWS)
 
     @numba.extending.intrinsic
     def _combine(typingctx, const, c_at, plus, p_at, dot, d_at, bx, bcx, sx, y, y_at):
@@ -1696,13 +1609,6 @@ def _define_nibble_intrinsics():
         (const.flat[c_at:]: α, μ, scale, scale·zero, 32 each; plus, dot at their offsets): _combine_plain's sums."""
         return _ir_call("sq10_combine", ("float32", "float32", "float32", "f32", "f32", "f32", "float32"),
                         const, c_at, plus, p_at, dot, d_at, bx, bcx, sx, y, y_at)
-
-    @numba.extending.intrinsic
-    def _code_sums(typingctx, codes, c_at, cols, k_at, n, np_, x, x_at, xc, xc_at, out, o_at):
-        """out.flat[o_at + r] = Σ_{i<n} code(i, r)·x.flat[x_at + cols.flat[k_at + i]]; then Σ x and Σ xc over
-        the n columns."""
-        return _ir_call("sq10_codes", ("uint8", "uint16", "i64", "i64", "float32", "float32", "float32"),
-                        codes, c_at, cols, k_at, n, np_, x, x_at, xc, xc_at, out, o_at)
 
 
 @cpu_kernel(fastmath=False, cache=True)   # explicit: a callee inherits its caller's fastmath otherwise
@@ -1720,7 +1626,7 @@ def _nibble_sums_plain(T, t_at, signs, s_at, nq, out):
 @cpu_kernel(fastmath=False, cache=True)   # explicit: a callee inherits its caller's fastmath otherwise
 def _code_sums_plain(codes, c_at, cols, k_at, n, planes, x, x_at, xc, xc_at, out):
     """out[r] = Σ_{i<n} code(i, r)·x.flat[x_at + cols[k_at + i]], out[32] = Σ x, out[33] = Σ xc over the n
-    columns: sq10_codes, one row at a time."""
+    columns: sq10_codes1, one row at a time."""
     x, xc = x.reshape(-1), xc.reshape(-1)
     out[:] = 0
     for i in range(n):
@@ -1803,13 +1709,14 @@ def _columns_gemv(x, colscale, chunk, threads, data, at, count, part, wide, plan
                             _code_sums4(data, c_at, data16, k_at // 2, n, planes[p], x, m * n_in, n_in,
                                         xc, xc_at, n_in, dot, 0)
                         elif isa == 2:
-                            _nibble_sums_avx512(T, t_at, data, s_at, nq, plus, 0)
+                            _nibble_sums_avx512(T, t_at, Q * 16, data, s_at, nq, plus, 0)
                         elif isa == 1:
                             _nibble_sums_avx2(tables, 4 * t_at, data, s_at, nq, plus, 0)
                         else:
                             _nibble_sums_plain(T, t_at, data, s_at, nq, plus[0])
                         if B == 1 and isa > 0:
-                            _code_sums(data, c_at, data16, k_at // 2, n, planes[p], x, m * n_in, xc, xc_at, dot, 0)
+                            _code_sums(data, c_at, data16, k_at // 2, n, planes[p], x, m * n_in, n_in, xc, xc_at,
+                                       n_in, dot, 0)
                         elif B == 1:
                             _code_sums_plain(data, c_at, data16, k_at // 2, n, planes[p], x, m * n_in, xc, xc_at,
                                              dot[0])

@@ -10,8 +10,9 @@ Every linear layer of every transformer block becomes a mix of 1-bit and 4-bit w
 - `squeeze10` (the default, format version 2, ~1.9 true bits per weight): the salient weights are whole input
   columns shared by blocks of 32 rows, μ, α and the grid scales are float8, and the binary weights carry one
   scale per input column (ARB-LLM's "RC"); no 4-bit stage (it measured worse). The same 1.6-bit payload is
-  spent as 30 % at 3 bits (not 20 % at 4) on a clipped grid, calibrated on 128 windows: chosen on a validation
-  set (README, "Choosing the default"). ../shared/METHOD.md "Version 2" and the README measure every choice.
+  spent as 30 % at 3 bits (not 20 % at 4) on a clipped grid, calibrated on 128 windows, and GPTQ's result is
+  refined on its own objective (ARB-LLM's alternation of codes and parameters): chosen on a validation set
+  (README, "Choosing the default"). ../shared/METHOD.md "Version 2" and the README measure every choice.
 - `paper` (format version 1, 2.917 bits): the paper as METHOD.md reads it, each row-group choosing its own
   26 salient weights, fp16 parameters, the staged 4-bit step.
 kernels.py draws both packed layouts as C structs and reads them back.
@@ -32,7 +33,8 @@ The file reads in the order the method runs, one section per stage:
 4. Stage 3: in every row-group the k = round(0.2·width) weights of largest M stay at 4 bits (version 2:
    the K = round(0.3·in) columns of largest M summed over a block's rows at 3 bits, `column_mask`), the rest become
    μ ± α (version 2: μ ± α·c_j, `column_scales`), and a second GPTQ pass over W_mid compensates the error
-   column by column (`quantize_linears`).
+   column by column (`quantize_linears`). Version 2 then refines that pass's result on its own objective,
+   ARB-LLM's alternation: codes by coordinate descent, μ, α and scales by least squares (`refine`).
 5. Packing into a safetensors file whose size proves its bits (`pack`, with kernels.pack_*).
 6. The report: bits from the file's bytes, output error against the full-precision layer, time.
 
@@ -101,12 +103,14 @@ class Settings:
     scales: str = "fp8"        # fp8: μ, α, scale as float8 e4m3 × a power of two per linear | fp16 (version 1)
     column_scale: bool = True  # columns: binary weights μ ± α·c_j, one c per input column (ARB-LLM's RC)
     clip: bool = True          # the salient grid's range by a clip search (fit_grid; else min–max)
+    refine: int = 2            # rounds of alternating refinement after stage 3 (`refine`; 0: GPTQ's result)
     nsamples: int | None = 128  # calibration windows (GPTQ's 128); None: by model size (tools/cli.py)
     group_size: int = GROUP_SIZE
     damp: float = DAMP
 
 
-VERSION1 = dict(structure="groups", block_rows=None, scales="fp16", column_scale=False, clip=False, nsamples=None)
+VERSION1 = dict(structure="groups", block_rows=None, scales="fp16", column_scale=False, clip=False, refine=0,
+                nsamples=None)
 BASELINE = dict(VERSION1, pbar=False, fias="off")
 PRESETS = {  # METHOD.md's table: baselines are presets of the same pipeline
     "squeeze10": Settings(),                                       # the default (README: "Version 2")
@@ -420,6 +424,98 @@ def gptq(W, U, salient, bits: int, group_size: int, unit=None, colscale=None, co
     return Wt.T.contiguous(), codes.T, P
 
 
+def descend_codes(W, W_hat, codes, salient, P: Params, H, maxq: int, group_size: int, colscale=None):
+    """One sweep of coordinate descent on GPTQ's objective f = Σ_rows (w − ŵ)·H·(w − ŵ)ᵀ (QuantEase): each
+    weight in turn, the others held, takes the value that lowers f most among its own: a salient weight any
+    code of its grid, a binary one its other sign. Moving ŵ_rj by t changes f by −2t·g_rj + t²·H_jj, with
+    g = (W − Ŵ)·H, so the best code is the rounded 1-D optimum and a sign flips where that change is
+    negative. Rows are independent: all rows move at once, column by column; g is kept exact as GPTQ's
+    updates are (inside a row-group per column, then one matmul). Updates W_hat and codes in place."""
+    out, n = W.shape
+    grad = (W - W_hat) @ H                                      # g: (out, in)
+    for g0 in range(0, n, group_size):
+        g1, gi = min(g0 + group_size, n), g0 // group_size
+        scale, zero, mu, alpha = (p[:, gi:gi + 1] for p in (P.scale, P.zero, P.mu, P.alpha))
+        c = None if colscale is None else colscale[:, g0:g1]
+        code = codes[:, g0:g1].float()                          # (out, width): this row-group's codes
+        sal = salient[:, g0:g1]
+        flip_by = kernels.binary_weights(code == 0, mu, alpha, c) - W_hat[:, g0:g1]   # t to the other sign
+        moves = torch.zeros(out, g1 - g0, device=W.device)     # this row-group's moves t so far
+        for k in range(g1 - g0):
+            j = g0 + k
+            g = torch.addmv(grad[:, j], moves[:, :k], H[g0:j, j], alpha=-1)   # g_rj after earlier moves
+            best = (code[:, k] + g / (H[j, j] * scale[:, 0])).round_().clamp_(0, maxq)
+            t = flip_by[:, k]
+            flip = t * (t * H[j, j] - 2 * g) < 0
+            moves[:, k] = torch.where(sal[:, k], scale[:, 0] * (best - code[:, k]), torch.where(flip, t, 0))
+            code[:, k] = torch.where(sal[:, k], best, torch.where(flip, 1 - code[:, k], code[:, k]))
+        W_hat[:, g0:g1] = torch.where(sal, kernels.grid_weights(code, scale, zero),
+                                      kernels.binary_weights(code == 1, mu, alpha, c))   # exactly the codes' values
+        codes[:, g0:g1] = code.to(torch.uint8)
+        grad[:, g1:].addmm_(moves, H[g0:g1, g1:], alpha=-1)   # (earlier columns' g is not read again)
+
+
+def refit_params(W, W_hat, codes, salient, P: Params, H, group_size: int, unit=None, colscale=None):
+    """μ, α and the grid scale of every (row, row-group), by least squares on f for the codes held fixed
+    (ARB-LLM's alternating step, against the calibration's H as its ARB-X): ŵ_rj is linear in them, as
+    μ + α·s·c_j (s = ±1) on binary weights and scale·(code − zero) on salient ones (zero points stay).
+    Rounded to their stored precision; a row keeps its old parameters where the new ones do not lower its f.
+    Returns Ŵ and the Params."""
+    out, n = W.shape
+    ng = math.ceil(n / group_size)
+    col_group = torch.arange(n, device=W.device) // group_size
+    c = torch.ones(out, n, device=W.device) if colscale is None else colscale
+    binary, code = (~salient).float(), codes.float()
+    # ŵ_r = Σ_g Σ_a θ_r[g, a]·basis_r[:, a] over row-group g's columns: a = μ, α, scale
+    basis = torch.stack([binary, binary * (2 * code - 1) * c, salient * (code - P.zero[:, col_group])], -1)
+    HB = torch.empty(out, n, ng, 3, device=W.device)          # H·basis, one row-group's columns at a time
+    for gi, g0 in enumerate(range(0, n, group_size)):
+        HB[:, :, gi] = torch.einsum("ij,rja->ria", H[:, g0:g0 + group_size], basis[:, g0:g0 + group_size])
+    A = torch.empty(out, ng, 3, ng, 3, device=W.device)       # basisᵀ·H·basis, per row
+    for gi, g0 in enumerate(range(0, n, group_size)):
+        A[:, :, :, gi] = torch.einsum("riga,rib->rgab", HB[:, g0:g0 + group_size], basis[:, g0:g0 + group_size])
+    b = torch.einsum("riga,ri->rga", HB, W).reshape(out, 3 * ng)
+    A = A.reshape(out, 3 * ng, 3 * ng)
+    diag = A.diagonal(dim1=1, dim2=2)
+    unused = diag == 0                                       # a parameter with no weights (all salient, ...)
+    diag.add_(unused.float() + 1e-6 * diag.mean(1, keepdim=True))      # and a ridge: μ, α collinear if one sign
+    theta = torch.linalg.solve(A.double(), b.double()).float().reshape(out, ng, 3)
+    unit = None if unit is None else unit[:, None]
+    mu = round_params(theta[..., 0], unit)
+    alpha = round_params(theta[..., 1].clamp(min=0), unit)
+    scale = round_params(theta[..., 2].clamp(min=2 ** -24), unit, positive=True)
+    un = unused.reshape(out, ng, 3)
+    new = Params(torch.where(un[..., 2], P.scale, scale), P.zero, torch.where(un[..., 0], P.mu, mu),
+                 torch.where(un[..., 1], P.alpha, alpha))
+    W_new = torch.where(salient, kernels.grid_weights(code, new.scale[:, col_group], P.zero[:, col_group]),
+                        kernels.binary_weights(code == 1, new.mu[:, col_group], new.alpha[:, col_group], colscale))
+
+    def f(W_q):
+        E = W - W_q
+        return (E @ H * E).sum(1)
+    better = (f(W_new) < f(W_hat))[:, None]
+    P = Params(*(torch.where(better, p_new, p) for p_new, p in zip(
+        (new.scale, new.zero, new.mu, new.alpha), (P.scale, P.zero, P.mu, P.alpha))))
+    return torch.where(better, W_new, W_hat), P
+
+
+DESCENT_SWEEPS = 2    # sweeps of coordinate descent after GPTQ and after each refit (`refine`)
+
+
+def refine(W, W_hat, codes, salient, P: Params, H, maxq: int, group_size: int, rounds: int, unit=None,
+           colscale=None):
+    """ARB-LLM's alternating refinement of GPTQ's result, on GPTQ's own objective: DESCENT_SWEEPS sweeps of
+    coordinate descent on the codes, then `rounds` times the parameters refitted and the codes swept again.
+    No step raises f. Returns Ŵ, the codes and the Params."""
+    W_hat, codes = W_hat.clone(), codes.clone()
+    for step in range(rounds + 1):
+        if step > 0:
+            W_hat, P = refit_params(W, W_hat, codes, salient, P, H, group_size, unit, colscale)
+        for _ in range(DESCENT_SWEEPS):
+            descend_codes(W, W_hat, codes, salient, P, H, maxq, group_size, colscale)
+    return W_hat, codes, P
+
+
 # -----------------------------------------------------------------------------
 # 3. PBAR salience, and the salient sets it chooses
 
@@ -552,8 +648,10 @@ def quantize_linears(weights: list, stats: Stats, s: Settings) -> list[Quantized
         c = [column_scales(w, m, G, kernels.SCALE_DTYPES[s.scales]) for w, m in zip(W_mid.split(rows),
                                                                                      mask.split(rows))]
         c_rows = torch.cat([ci.expand(n, -1) for ci, n in zip(c, rows)])   # each row gets its linear's c
-    W_hat, codes, P = gptq(W_mid if s.stage3_from == "mid" else W, U, mask, s.high_bits, G, unit, c_rows,
-                           compensate=s.compensate, clip=s.clip)
+    W_3 = W_mid if s.stage3_from == "mid" else W
+    W_hat, codes, P = gptq(W_3, U, mask, s.high_bits, G, unit, c_rows, compensate=s.compensate, clip=s.clip)
+    if s.refine and 0 < s.salient < 1:                          # then ARB's alternation on the same objective
+        W_hat, codes, P = refine(W_3, W_hat, codes, mask, P, H, 2 ** s.high_bits - 1, G, s.refine, unit, c_rows)
     out, r0 = [], 0
     for n, e, ci in zip(rows, exps, c):
         sl = slice(r0, r0 + n)

@@ -159,6 +159,97 @@ def test_binarized_weights_take_two_values_per_row_group_and_salient_ones_sit_on
             assert torch.allclose(code, code.round(), atol=1e-4) and code.min() > -0.5 and code.max() < 15.5
 
 
+def mixed_layer(seed=10, out=12, bits=3):
+    """A stage-3 result to refine: GPTQ of a mixed layer (fp8 parameters, column scales) and its damped H."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(out, 32, generator=g)
+    H = damped(hessian(correlated_inputs(seed=seed)))
+    salient = torch.zeros(out, 32, dtype=torch.bool)
+    salient[:, torch.randperm(32, generator=g)[:10]] = True
+    unit = torch.full((out,), 2.0 ** sq.fp8_unit_exp(W))
+    c = sq.column_scales(W, salient, G, torch.float8_e4m3fn).expand(out, -1)
+    Wh, codes, P = sq.gptq(W, sq.inverse_cholesky(H), salient, bits, G, unit, c, clip=True)
+    return W, H, salient, unit, c, Wh, codes, P
+
+
+def objective(W, Wq, H):
+    """f = Σ_rows (w − ŵ)·H·(w − ŵ)ᵀ in float64, per row."""
+    E = (W - Wq).double()
+    return (E @ H.double() * E).sum(1)
+
+
+def decoded(codes, salient, P, c):
+    col = torch.arange(codes.shape[1]) // G
+    return torch.where(salient, kernels.grid_weights(codes.float(), P.scale[:, col], P.zero[:, col]),
+                       kernels.binary_weights(codes == 1, P.mu[:, col], P.alpha[:, col], c))
+
+
+def test_coordinate_descent_ends_where_no_single_weight_can_move_down():
+    """Swept until nothing moves, every weight is at its best value with the others held: tried here by
+    brute force, every other code of every salient weight and the other sign of every binary one, f in
+    float64."""
+    W, H, salient, unit, c, Wh, codes, P = mixed_layer()
+    Wh, codes = Wh.clone(), codes.clone()
+    before = objective(W, Wh, H)
+    for _ in range(50):
+        old = codes.clone()
+        sq.descend_codes(W, Wh, codes, salient, P, H, 7, G, c)
+        if torch.equal(old, codes):
+            break
+    assert torch.equal(Wh, decoded(codes, salient, P, c))           # the values are the codes' values
+    after = objective(W, Wh, H)
+    assert (after <= before + 1e-9).all() and after.sum() < before.sum()
+    for i in range(W.shape[0]):
+        for j in range(W.shape[1]):
+            for alt in (range(8) if salient[i, j] else (1 - codes[i, j].item(),)):
+                trial = codes.clone()
+                trial[i, j] = alt
+                assert objective(W, decoded(trial, salient, P, c), H)[i] >= after[i] - 1e-6 * after[i]
+
+
+def test_refit_is_the_rows_least_squares_rounded_and_never_worse():
+    """μ, α and scale for the codes held fixed: each accepted row's parameters are the fp8 rounding of the
+    float64 least squares solved here from the dense basis; no row's f goes up."""
+    W, H, salient, unit, c, Wh, codes, P = mixed_layer(seed=11)
+    W2, P2 = sq.refit_params(W, Wh, codes, salient, P, H, G, unit, c)
+    assert torch.equal(W2, decoded(codes, salient, P2, c))
+    before, after = objective(W, Wh, H), objective(W, W2, H)
+    assert (after <= before).all() and after.sum() < 0.99 * before.sum()
+    moved = 0
+    for i in range(W.shape[0]):
+        basis = []                                         # ŵ_i = basis @ θ, θ = (μ, α, scale) per row-group
+        for g0, width in ((0, 24), (24, 8)):
+            cols = torch.zeros(32, dtype=torch.bool)
+            cols[g0:g0 + width] = True
+            b, s = cols & ~salient[i], cols & salient[i]
+            basis += [b.double(), b * (2 * codes[i].double() - 1) * c[i].double(),
+                      s * (codes[i].double() - P.zero[i, g0 // G].double())]
+        B = torch.stack(basis, 1)                          # (32, 6)
+        used = B.abs().sum(0) > 0
+        A = B[:, used].T @ H.double() @ B[:, used]
+        theta = torch.linalg.solve(A, B[:, used].T @ H.double() @ W[i].double())
+        if after[i] == before[i]:
+            continue                                       # kept its old parameters
+        moved += 1
+        got = torch.stack([P2.mu[i], P2.alpha[i], P2.scale[i]], 1).reshape(-1)[used].double()
+        assert torch.allclose(got, theta, rtol=0.07, atol=1e-3 * unit[i].item())   # fp8: 3 mantissa bits
+    assert moved > 0
+
+
+def test_refine_lowers_the_objective_and_round_trips_through_the_packed_file():
+    W, H, salient, unit, c, Wh, codes, P = mixed_layer(seed=12)
+    f0 = objective(W, Wh, H).sum()
+    costs = [sq.refine(W, Wh, codes, salient, P, H, 7, G, rounds, unit, c) for rounds in (0, 1, 2)]
+    fs = [objective(W, r[0], H).sum() for r in costs]
+    assert fs[0] < f0 and fs[1] < fs[0] and fs[2] <= fs[1]
+    assert torch.equal(Wh, sq.gptq(W, sq.inverse_cholesky(H), salient, 3, G, unit, c, clip=True)[0])  # not moved
+    W2, codes2, P2 = costs[1]
+    q = sq.QuantizedLinear(W2, codes2, salient, P2, sq.fp8_unit_exp(W), c[0])
+    s = dataclasses.replace(sq.Settings(), group_size=G, block_rows=None)
+    tensors, spec = sq.pack(q, s)
+    assert torch.equal(kernels.dequantize(tensors, spec), W2)
+
+
 # -----------------------------------------------------------------------------
 # FIAS
 

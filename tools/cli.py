@@ -274,6 +274,7 @@ def quantize_parser(sq) -> Parser:
                    help="columns: binary weights μ ± α·c_j, one c per input column (ARB-LLM's RC)")
     s.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="the salient grid's range by a clip search (else min–max)")
+    s.add_argument("--refine", type=int, help="rounds of alternating refinement after stage 3 (0: none)")
     return p
 
 
@@ -312,6 +313,8 @@ def check_settings(sq, s):
         raise sq.SettingsError(f"--lam {s.lam}: must be a finite number >= 0")
     if s.nsamples is not None and s.nsamples < 1:
         raise sq.SettingsError(f"nsamples {s.nsamples}: must be at least 1")
+    if s.refine < 0:
+        raise sq.SettingsError(f"--refine {s.refine}: must be at least 0 (0: GPTQ's result as it is)")
     if s.block_rows is not None and s.block_rows < 1:
         raise sq.SettingsError(f"--block-rows {s.block_rows}: must be at least 1, or layer (one set per layer)")
     only_columns = "only the columns layout (--structure columns, 0 < --salient < 1)"

@@ -101,6 +101,7 @@ ROWS = [
     Row("fias-input", "--fias input", "version2", "FIAS read literally: X_fp only"),
     Row("mid-bits4", "--mid-bits 4", "version2", "the paper's staged 4-bit step"),
     Row("no-column-scale", "--no-column-scale", "version2", "binary weights μ ± α, no column scales"),
+    Row("no-refine", "--refine 0", "version2", "stage 3's GPTQ result as it is (no alternating refinement)"),
     # the paper's format, one change at a time: not in the default run (`python tools/reproduce.py paper-ablations`)
     Row("paper-no-pbar", "--preset paper --no-pbar", "paper-ablations", "− PBAR (Hessian term only; = λ 0)"),
     Row("paper-fias-input", "--preset paper --fias input", "paper-ablations", "FIAS read literally: X_fp only"),
@@ -135,7 +136,7 @@ TABLES = {
                       "frontier (3-bit clipped salient columns, 128 × 512 calibration); the default itself is the "
                       "1.9-bit point. Drawn as one curve in frontier.png beside GPTQ with and without FIAS."),
     "version2": Table("Version 2, one lever at a time", "Each row is the default (`squeeze10`) with one flag; "
-                      "not in the default run (ten quantizations, about 80 minutes here): "
+                      "not in the default run (eleven quantizations, about 100 minutes here): "
                       "`python tools/reproduce.py version2`. The README's \"Choosing the default\" has the same "
                       "levers on the validation set, where they were chosen.", optional=True),
     "llamacpp": Table("llama.cpp's quantization types", "One row per `out/llamacpp/SmolLM2-135M-Instruct.TYPE."
