@@ -8,7 +8,8 @@ used by the quantizer too. Then y = x @ Wᵀ, from plain to fast:
                      `lookup_signed_sums`: the table-lookup identity the CPU kernels rest on, in ten lines
     2. numba (CPU)   `cpu_layout` + `numba_matmul` (version 1), `columns_cpu_layout` + `columns_matmul` (version 2:
                      nibble tables in LLVM IR for AVX-512 and AVX2 beside their plain twins; `fuse_columns` joins
-                     linears that share an input into one call)
+                     linears that share an input into one call); and `descend_rows`, squeeze10.py's coordinate
+                     descent (`descend_codes`) compiled, one row per thread
     3. Triton (GPU)  `triton_matmul` (version 1), `triton_matmul_columns` (version 2), on the file's own bytes
 Each kernel's section says what it reads, what it computes, why its loops have their shape, and which plain
 function it must agree with. This file imports nothing of the project; `python tools/bench.py` times it.
@@ -327,7 +328,7 @@ def binary_weights(plus: torch.Tensor, mu: torch.Tensor, alpha: torch.Tensor, co
 
 def dequantize_codes(codes, mask, mu, alpha, scale, zero, colscale=None, *, group_size: int) -> torch.Tensor:
     """Ŵ (out, in) float32 from each weight's code (its sign bit, 1: +, where `mask` (out, in) is False) and
-    its row-group's parameters mu, alpha, scale, zero (out, ng) float32; colscale (in,) or None. What every
+    its row-group's parameters mu, alpha, scale, zero (out, ng) float32; colscale (in,), (out, in) or None. What every
     unpack_* returns and every pack_* takes."""
     col_group = torch.arange(codes.shape[1], device=codes.device) // group_size   # each column's row-group
     codes = codes.float()
@@ -1811,6 +1812,43 @@ def columns_matmul(x: torch.Tensor, lay: ColumnsLayout, isa: str | None = None) 
     if len(lay.outputs) != 1:
         raise ValueError("a fused layout of several linears: use columns_matmul_parts")
     return columns_matmul_parts(x, lay, isa)[0]
+
+
+# -----------------------------------------------------------------------------
+# numba (CPU): squeeze10.py's coordinate descent (`descend_codes`), one row per thread
+#
+# The torch twin in squeeze10.py moves all rows at once, column by column, and keeps g = (W − Ŵ)·H exact with
+# GPTQ's lazy updates: ~10 small tensor ops per column, which on 2 cores cost more than the arithmetic. Rows are
+# independent, so here each thread takes whole rows and walks their columns in order with scalar code; g is
+# updated only where a weight moved (most do not), by one row of H.
+
+@cpu_kernel(parallel=True, cache=True)
+def descend_rows(g, H, code, salient, scale, mu, alpha, colscale, maxq, group_size):
+    """One sweep over every row r, in place: g (out, in) = (W − Ŵ)·H on entry; code (out, in) float32 (the
+    grid code, or 1 for μ + α·c); salient (out, in) bool; scale, mu, alpha (out, ng) float32; colscale
+    (out, in) float32, c_j. A salient weight takes the rounded 1-D optimum code, a binary one flips where f
+    drops. The moves t are `binary_weights`' and `grid_weights`' float32 differences."""
+    out, n = g.shape
+    for r in numba.prange(out):
+        for j in range(n):
+            h = H[j, j]
+            if salient[r, j]:
+                s = scale[r, j // group_size]
+                best = min(max(np.rint(code[r, j] + g[r, j] / (h * s)), 0.0), maxq)
+                t = s * (best - code[r, j])
+                code[r, j] = best
+            else:
+                ac = alpha[r, j // group_size] * colscale[r, j]
+                plus = mu[r, j // group_size] + ac
+                minus = mu[r, j // group_size] - ac
+                t = minus - plus if code[r, j] == 1 else plus - minus   # the move to the other sign
+                if t * (t * h - 2 * g[r, j]) < 0:
+                    code[r, j] = 1 - code[r, j]
+                else:
+                    t = 0.0
+            if t != 0:
+                for i in range(j + 1, n):     # only the columns still to visit: g of earlier ones is not read
+                    g[r, i] -= t * H[j, i]
 
 
 # -----------------------------------------------------------------------------

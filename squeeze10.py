@@ -424,35 +424,44 @@ def gptq(W, U, salient, bits: int, group_size: int, unit=None, colscale=None, co
     return Wt.T.contiguous(), codes.T, P
 
 
-def descend_codes(W, W_hat, codes, salient, P: Params, H, maxq: int, group_size: int, colscale=None):
+def descend_codes(W, W_hat, codes, salient, P: Params, H, maxq: int, group_size: int, colscale=None,
+                  compiled: bool | None = None):
     """One sweep of coordinate descent on GPTQ's objective f = Σ_rows (w − ŵ)·H·(w − ŵ)ᵀ (QuantEase): each
     weight in turn, the others held, takes the value that lowers f most among its own: a salient weight any
     code of its grid, a binary one its other sign. Moving ŵ_rj by t changes f by −2t·g_rj + t²·H_jj, with
     g = (W − Ŵ)·H, so the best code is the rounded 1-D optimum and a sign flips where that change is
-    negative. Rows are independent: all rows move at once, column by column; g is kept exact as GPTQ's
+    negative. Rows are independent. compiled (default: on the CPU): each thread sweeps whole rows
+    (kernels.descend_rows); else all rows move at once, column by column, below, and g is kept exact as GPTQ's
     updates are (inside a row-group per column, then one matmul). Updates W_hat and codes in place."""
     out, n = W.shape
     grad = (W - W_hat) @ H                                      # g: (out, in)
-    for g0 in range(0, n, group_size):
-        g1, gi = min(g0 + group_size, n), g0 // group_size
-        scale, zero, mu, alpha = (p[:, gi:gi + 1] for p in (P.scale, P.zero, P.mu, P.alpha))
-        c = None if colscale is None else colscale[:, g0:g1]
-        code = codes[:, g0:g1].float()                          # (out, width): this row-group's codes
-        sal = salient[:, g0:g1]
-        flip_by = kernels.binary_weights(code == 0, mu, alpha, c) - W_hat[:, g0:g1]   # t to the other sign
-        moves = torch.zeros(out, g1 - g0, device=W.device)     # this row-group's moves t so far
-        for k in range(g1 - g0):
-            j = g0 + k
-            g = torch.addmv(grad[:, j], moves[:, :k], H[g0:j, j], alpha=-1)   # g_rj after earlier moves
-            best = (code[:, k] + g / (H[j, j] * scale[:, 0])).round_().clamp_(0, maxq)
-            t = flip_by[:, k]
-            flip = t * (t * H[j, j] - 2 * g) < 0
-            moves[:, k] = torch.where(sal[:, k], scale[:, 0] * (best - code[:, k]), torch.where(flip, t, 0))
-            code[:, k] = torch.where(sal[:, k], best, torch.where(flip, 1 - code[:, k], code[:, k]))
-        W_hat[:, g0:g1] = torch.where(sal, kernels.grid_weights(code, scale, zero),
-                                      kernels.binary_weights(code == 1, mu, alpha, c))   # exactly the codes' values
-        codes[:, g0:g1] = code.to(torch.uint8)
-        grad[:, g1:].addmm_(moves, H[g0:g1, g1:], alpha=-1)   # (earlier columns' g is not read again)
+    code = codes.float()
+    if compiled is None:
+        compiled = W.device.type == "cpu"
+    if compiled:
+        c = torch.ones(1, 1).expand(out, n) if colscale is None else colscale
+        kernels.descend_rows(grad.numpy(), H.contiguous().numpy(), code.numpy(), salient.numpy(),
+                             *(p.contiguous().numpy() for p in (P.scale, P.mu, P.alpha)), c.numpy(),
+                             float(maxq), group_size)
+    else:
+        col_group = torch.arange(n, device=W.device) // group_size
+        mu, alpha = P.mu[:, col_group], P.alpha[:, col_group]
+        flip_by = kernels.binary_weights(code == 0, mu, alpha, colscale) - W_hat   # t to the other sign
+        for g0 in range(0, n, group_size):
+            g1, scale = min(g0 + group_size, n), P.scale[:, g0 // group_size]
+            moves = torch.zeros(out, g1 - g0, device=W.device)     # this row-group's moves t so far
+            for k in range(g1 - g0):
+                j = g0 + k
+                g = torch.addmv(grad[:, j], moves[:, :k], H[g0:j, j], alpha=-1)   # g_rj after earlier moves
+                best = (code[:, j] + g / (H[j, j] * scale)).round_().clamp_(0, maxq)
+                t = flip_by[:, j]
+                flip = t * (t * H[j, j] - 2 * g) < 0
+                moves[:, k] = torch.where(salient[:, j], scale * (best - code[:, j]), torch.where(flip, t, 0))
+                code[:, j] = torch.where(salient[:, j], best, torch.where(flip, 1 - code[:, j], code[:, j]))
+            grad[:, g1:].addmm_(moves, H[g0:g1, g1:], alpha=-1)   # (earlier columns' g is not read again)
+    W_hat[:] = kernels.dequantize_codes(code, salient, P.mu, P.alpha, P.scale, P.zero, colscale,
+                                        group_size=group_size)          # exactly the codes' values
+    codes[:] = code.to(torch.uint8)
 
 
 def refit_params(W, W_hat, codes, salient, P: Params, H, group_size: int, unit=None, colscale=None):
@@ -487,8 +496,8 @@ def refit_params(W, W_hat, codes, salient, P: Params, H, group_size: int, unit=N
     un = unused.reshape(out, ng, 3)
     new = Params(torch.where(un[..., 2], P.scale, scale), P.zero, torch.where(un[..., 0], P.mu, mu),
                  torch.where(un[..., 1], P.alpha, alpha))
-    W_new = torch.where(salient, kernels.grid_weights(code, new.scale[:, col_group], P.zero[:, col_group]),
-                        kernels.binary_weights(code == 1, new.mu[:, col_group], new.alpha[:, col_group], colscale))
+    W_new = kernels.dequantize_codes(codes, salient, new.mu, new.alpha, new.scale, new.zero, colscale,
+                                     group_size=group_size)
 
     def f(W_q):
         E = W - W_q

@@ -184,16 +184,17 @@ def decoded(codes, salient, P, c):
                        kernels.binary_weights(codes == 1, P.mu[:, col], P.alpha[:, col], c))
 
 
-def test_coordinate_descent_ends_where_no_single_weight_can_move_down():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_coordinate_descent_ends_where_no_single_weight_can_move_down(compiled):
     """Swept until nothing moves, every weight is at its best value with the others held: tried here by
     brute force, every other code of every salient weight and the other sign of every binary one, f in
-    float64."""
+    float64. Both twins: the compiled row sweep (kernels.descend_rows) and the torch column sweep."""
     W, H, salient, unit, c, Wh, codes, P = mixed_layer()
     Wh, codes = Wh.clone(), codes.clone()
     before = objective(W, Wh, H)
     for _ in range(50):
         old = codes.clone()
-        sq.descend_codes(W, Wh, codes, salient, P, H, 7, G, c)
+        sq.descend_codes(W, Wh, codes, salient, P, H, 7, G, c, compiled=compiled)
         if torch.equal(old, codes):
             break
     assert torch.equal(Wh, decoded(codes, salient, P, c))           # the values are the codes' values
@@ -205,6 +206,24 @@ def test_coordinate_descent_ends_where_no_single_weight_can_move_down():
                 trial = codes.clone()
                 trial[i, j] = alt
                 assert objective(W, decoded(trial, salient, P, c), H)[i] >= after[i] - 1e-6 * after[i]
+
+
+@pytest.mark.parametrize("seed", [13, 14])
+def test_descent_twins_make_the_same_moves(seed):
+    """One sweep by rows (compiled) and one by columns (torch, lazy updates of g) visit the weights in the same
+    order per row, so they choose the same codes; with column scales and without."""
+    W, H, salient, unit, c, Wh, codes, P = mixed_layer(seed=seed, out=40)
+    for colscale in (c, None):
+        if colscale is None:                   # a start whose values are the codes' without column scales
+            Wh = decoded(codes, salient, P, torch.ones_like(c))
+        results = []
+        for compiled in (True, False):
+            W_hat, code = Wh.clone(), codes.clone()
+            sq.descend_codes(W, W_hat, code, salient, P, H, 7, G, colscale, compiled=compiled)
+            results.append((W_hat, code))
+        (W1, c1), (W2, c2) = results
+        assert not torch.equal(c1, codes)      # something moved
+        assert torch.equal(c1, c2) and torch.equal(W1, W2)
 
 
 def test_refit_is_the_rows_least_squares_rounded_and_never_worse():
