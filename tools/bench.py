@@ -2,6 +2,7 @@
 
     python tools/bench.py [--json]        # dense vs packed matmul on LLaMA-2-7B and SmolLM2 shapes, then decode
     python tools/bench.py --shapes 576x576 --decode ''        # one shape, no decode rows
+    python tools/bench.py --shapes none       # decode rows only (full precision, version 1 and 2)
     python tools/bench.py --asm            # which vector instructions the numba kernels compiled to
 
 Not part of the method: a reader of kernels.py can skip this file. The packed weights timed here are random
@@ -350,7 +351,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="last stdout line: {\"rows\": [...], \"decode\": {...}}")
     p.add_argument("--backend", default=None, choices=["numba", "triton"], help="default: triton on CUDA, else numba")
     p.add_argument("--reps", type=int, default=50, help="calls per timing; each figure is the median of 5-7")
-    p.add_argument("--shapes", default=None, help="e.g. 11008x4096,576x576 (default: all)")
+    p.add_argument("--shapes", default=None, help="e.g. 11008x4096,576x576 (default: all; none: decode only)")
     p.add_argument("--decode", default="out/rows/paper.safetensors,out/rows/squeeze10.safetensors",
                    help="version-1 and version-2 packed files of the embedded model for the decode tokens/s rows "
                         "(the reproduction's rows paper and squeeze10 make them; '' to skip)")
@@ -363,13 +364,14 @@ def main(argv=None) -> int:
     if backend == "triton" and not (torch.cuda.is_available() and kernels.triton is not None):
         p.error("--backend triton needs a CUDA GPU and the triton package")
     try:
-        shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes else BENCH_SHAPES
+        shapes = BENCH_SHAPES if a.shapes is None else [] if a.shapes == "none" else [
+            tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     except ValueError:
         p.error(f"--shapes {a.shapes!r}: expected OUTxIN[,OUTxIN...]")
     copy = round(copy_gbps(), 2)
     if not a.json:
         print(f"memory: a copy reads {copy:.1f} GB/s on this machine")
-    rows = bench(a.json, backend, a.reps, shapes, copy=copy)
+    rows = bench(a.json, backend, a.reps, shapes, copy=copy) if shapes else []
     decode = {}
     if a.decode:
         files = {"fp": None}
