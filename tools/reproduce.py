@@ -115,7 +115,7 @@ ROWS = [
     *[Row(f"paper-salient{f}", f"--preset paper --salient {f}", "paper-ablations", f"{f:.0%} salient")
       for f in (0.1, 0.3, 0.6)],
     *[Row(f"paper-lam{lam}", f"--preset paper --lam {lam}", "paper-ablations", f"PBAR's λ = {lam}")
-      for lam in (0, 0.3, 3, 10, 30, 100)],
+      for lam in (0.3, 3, 10, 30, 100)],   # λ = 0 ranks as paper-no-pbar (V/mean V)
     Row("paper-n64", "--preset paper --nsamples 64", "paper-ablations", "calibration 64 × 512"),
     Row("paper-n8x2048", "--preset paper --nsamples 8 --seqlen 2048", "paper-ablations", "calibration 8 × 2048"),
 ]
