@@ -1815,6 +1815,83 @@ def columns_matmul(x: torch.Tensor, lay: ColumnsLayout, isa: str | None = None) 
 
 
 # -----------------------------------------------------------------------------
+# numba (CPU): one token at a time (model.Decoder; its plain twin is model.Transformer.forward)
+#
+# A decode step of a small model is mostly overhead around the arithmetic. At SmolLM2's shapes a packed product
+# takes ~50 µs in its kernel and about as long again in the Python around it (reshapes, checks, the output's
+# allocation, the parts' views), and a block's norms, RoPE, residuals and SwiGLU are ~40 small torch ops of a few
+# µs each. So the decode step binds each product's arguments once (`DecodeProduct`: its input and output are
+# buffers made once) and does a block's elementwise work in three small kernels, in place, on the same buffers.
+# Only attention itself stays in torch (scaled_dot_product_attention).
+
+class DecodeProduct:
+    """y = x @ Wᵀ for one token through a (fused) columns layout, into buffers made once: x (1, in) float32 is
+    read at every call (the caller writes it first), and the call returns the linears' outputs (out_i,), buffers
+    overwritten by the next call."""
+    def __init__(self, lay: ColumnsLayout, x: np.ndarray):
+        load_numba()
+        if x.shape != (1, lay.shape[1]) or x.dtype != np.float32 or not x.flags.c_contiguous:
+            raise ValueError(f"DecodeProduct: x must be float32 (1, {lay.shape[1]}), contiguous")
+        quad_bytes = len(lay.colscale) * 64                        # as _columns_rows chooses, for one row of x
+        chunk = max(1, TABLE_BYTES // (quad_bytes * int(lay.groups[:, 3].max())))
+        self.y = np.zeros((1, ROWS * len(lay.at)), np.float32)
+        self.args = (x, lay.colscale, chunk, numba.get_num_threads(), lay.data, lay.at, lay.count, lay.part,
+                     lay.wide, lay.planes, lay.groups, ISAS.index(nibble_isa()), self.y)
+        # a linear's output: a view of y where its rows are consecutive (the rule), else gathered into a buffer
+        self.parts = [self.y[0, span[0]:span[0] + span[1]] if span else np.zeros(len(place), np.float32)
+                      for place, span in zip(lay.outputs, lay.spans)]
+        self.gathers = [(place, part) for place, span, part in zip(lay.outputs, lay.spans, self.parts) if not span]
+
+    def __call__(self) -> list:
+        self.y.fill(0)                      # the kernel adds each row-group's sums into y
+        _columns_gemv(*self.args)
+        for place, part in self.gathers:
+            np.take(self.y[0], place, out=part)
+        return self.parts
+
+
+@cpu_kernel(cache=True)
+def decode_norm(h, delta, weight, eps, out):
+    """h += delta (a sublayer's output joins the residual stream), then out = h / rms(h) · weight, as
+    model.RMSNorm computes it (the mean of squares accumulated in float64 here). All float32 (dim,)."""
+    n = h.shape[0]
+    ss = 0.0
+    for i in range(n):
+        h[i] += delta[i]
+        ss += np.float64(h[i]) * np.float64(h[i])
+    r = np.float32(1.0 / np.sqrt(ss / n + eps))
+    for i in range(n):
+        out[i] = h[i] * r * weight[i]
+
+
+@cpu_kernel(cache=True)
+def _rotate(x, cos, sin, out):
+    """RoPE on one token's heads x (heads, head_dim) into out: consecutive pairs (x0, x1), (x2, x3)... turned by
+    the angles whose cos and sin are given (head_dim/2,), as model.apply_rotary_emb does."""
+    for h in range(x.shape[0]):
+        for i in range(x.shape[1] // 2):
+            a, b = x[h, 2 * i], x[h, 2 * i + 1]
+            out[h, 2 * i] = a * cos[i] - b * sin[i]
+            out[h, 2 * i + 1] = a * sin[i] + b * cos[i]
+
+
+@cpu_kernel(cache=True)
+def decode_rope(q_in, k_in, v_in, cos, sin, pos, q, cache_k, cache_v):
+    """One token's q (n_heads, head_dim) and k (n_kv_heads, head_dim) rotated by position pos's angles: q into
+    q, k into row pos of cache_k (max_len, n_kv_heads, head_dim); v copied into row pos of cache_v."""
+    _rotate(q_in, cos, sin, q)
+    _rotate(k_in, cos, sin, cache_k[pos])
+    cache_v[pos] = v_in
+
+
+@cpu_kernel(cache=True)
+def decode_swiglu(gate, up, hidden):
+    """SwiGLU's inner activation of one token: hidden = silu(gate) · up, silu(g) = g / (1 + e^−g). (n,) each."""
+    for i in range(hidden.shape[0]):
+        hidden[i] = gate[i] / (np.float32(1) + np.exp(-gate[i])) * up[i]
+
+
+# -----------------------------------------------------------------------------
 # numba (CPU): squeeze10.py's coordinate descent (`descend_codes`), one row per thread
 #
 # The torch twin in squeeze10.py moves all rows at once, column by column, and keeps g = (W − Ŵ)·H exact with

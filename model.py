@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -183,11 +184,14 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         self.freqs_cis = None           # e^(i·t·θ_k) for the positions seen so far (forward)
         self.decode_head = None         # a float16 copy of the head for decode steps (setup_cache's fp16_head)
+        self.decoder = None             # the one-token path (setup_cache's decode_path): Decoder
 
     def forward(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         """tokens: LongTensor (B, T) at positions start .. start+T -> logits (B, T, vocab_size).
         start > 0 needs the caches of `setup_cache`, holding positions 0 .. start."""
         B, T = tokens.shape
+        if T == 1 and self.decoder is not None:       # a decode step through buffers made once (Decoder)
+            return self.decoder.step(int(tokens[0, 0]), start)[None, None]
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         if self.freqs_cis is None or len(self.freqs_cis) < start + T or self.freqs_cis.device != h.device:
             self.freqs_cis = precompute_freqs_cis(self.args.dim // self.args.n_heads, max(start + T, 2048),
@@ -199,17 +203,117 @@ class Transformer(nn.Module):
             return F.linear(self.norm(h).half(), self.decode_head).float()
         return self.output(self.norm(h)).float()                                     # (B, T, vocab_size)
 
-    def setup_cache(self, batch: int | None, max_len: int, fp16_head: bool = False):
+    def setup_cache(self, batch: int | None, max_len: int, fp16_head: bool = False, decode_path: bool = True):
         """Give every attention layer a KV cache for `max_len` positions (batch None: remove them), and, if
-        `fp16_head` and the head is float32 on the CPU, make the decode steps' float16 head."""
+        `fp16_head` and the head is float32 on the CPU, make the decode steps' float16 head. With `decode_path`,
+        batch 1 and a float32 model on the CPU, one-token steps run through a Decoder (same arithmetic,
+        buffers made once); without it they run through forward(), its plain twin."""
         a = self.args
         p = self.tok_embeddings.weight
         w = self.output.weight
+        on_cpu32 = p.device.type == "cpu" and p.dtype == torch.float32
         use_half = batch is not None and w.device.type == "cpu" and w.dtype == torch.float32
         self.decode_head = w.detach().half() if use_half and fp16_head else None
         for layer in self.layers:
             layer.attention.cache = None if batch is None else KVCache(
                 batch, max_len, a.n_kv_heads, a.dim // a.n_heads, p.device, p.dtype)
+        self.decoder = Decoder(self, max_len) if decode_path and batch == 1 and on_cpu32 else None
+
+
+class Decoder:
+    """Transformer.forward for one token at a time on the CPU (batch 1, float32, after setup_cache): the same
+    arithmetic in the same order, through buffers made once. Each group of linears that shares an input is one
+    product bound to its input buffer (`decode_product`); a block's residual adds, norms, RoPE with the cache
+    write, and SwiGLU are three small numba kernels working in place (kernels.decode_norm, decode_rope,
+    decode_swiglu); attention is torch's. Its plain twin is forward(), run by setup_cache(decode_path=False);
+    tests hold the two to the same logits."""
+    def __init__(self, net: "Transformer", max_len: int):
+        a = net.args
+        self.net = net
+        self.n_heads, self.head_dim = a.n_heads, a.dim // a.n_heads
+        self.h = np.zeros(a.dim, np.float32)                       # the residual stream
+        self.zeros = np.zeros(a.dim, np.float32)
+        self.x = np.zeros((1, a.dim), np.float32)                  # a norm's output: wq|wk|wv's and w1|w3's input
+        self.attn = np.zeros((1, a.n_heads * self.head_dim), np.float32)    # wo's input
+        self.hidden = np.zeros((1, a.hidden_dim), np.float32)                # w2's input
+        self.q = np.zeros((a.n_heads, self.head_dim), np.float32)           # the rotated query
+        self.attn_t = torch.from_numpy(self.attn)
+        self.q_t = torch.from_numpy(self.q).view(1, a.n_heads, 1, self.head_dim)
+        freqs = precompute_freqs_cis(self.head_dim, max_len, a.rope_theta)
+        self.cos, self.sin = freqs.real.contiguous().numpy(), freqs.imag.contiguous().numpy()
+        self.embeddings = net.tok_embeddings.weight.detach().numpy()
+        self.norm_out = torch.from_numpy(self.x)
+        self.blocks = []
+        for layer in net.layers:
+            att, ff = layer.attention, layer.feed_forward
+            self.blocks.append(DecodeBlock(
+                layer.attention_norm.weight.detach().numpy(), layer.ffn_norm.weight.detach().numpy(),
+                decode_product([att.wq, att.wk, att.wv], self.x), decode_product([att.wo], self.attn),
+                decode_product([ff.w1, ff.w3], self.x), decode_product([ff.w2], self.hidden),
+                att.cache.k[0].numpy(), att.cache.v[0].numpy(), att.cache))
+        self.final_norm = net.norm.weight.detach().numpy()
+        self.eps = float(a.norm_eps)
+
+    def step(self, token: int, pos: int) -> torch.Tensor:
+        """The logits (vocab_size,) of `token` at position pos; the caches hold positions 0 .. pos−1."""
+        h, eps = self.h, self.eps
+        h[:] = self.embeddings[token]
+        delta = self.zeros                                      # what the last sublayer adds to h
+        cos, sin = self.cos[pos], self.sin[pos]
+        for b in self.blocks:
+            kernels.decode_norm(h, delta, b.attention_norm, eps, self.x[0])         # h += delta; x = norm(h)
+            q, k, v = b.qkv()
+            kernels.decode_rope(q.reshape(self.n_heads, -1), k.reshape(-1, self.head_dim),
+                                v.reshape(-1, self.head_dim), cos, sin, pos, self.q, b.cache_k, b.cache_v)
+            keys = b.cache.k[:, :pos + 1].transpose(1, 2)                          # (1, n_kv, pos+1, hd)
+            values = b.cache.v[:, :pos + 1].transpose(1, 2)
+            y = F.scaled_dot_product_attention(self.q_t, keys, values, enable_gqa=True)
+            self.attn_t.copy_(y.view(1, -1))
+            (o,) = b.wo()
+            kernels.decode_norm(h, o, b.ffn_norm, eps, self.x[0])                  # h += wo's output
+            gate, up = b.w13()
+            kernels.decode_swiglu(gate, up, self.hidden[0])
+            (delta,) = b.w2()
+        kernels.decode_norm(h, delta, self.final_norm, eps, self.x[0])
+        net = self.net
+        if net.decode_head is not None:
+            return F.linear(self.norm_out.half(), net.decode_head)[0].float()
+        return net.output(self.norm_out)[0].float()
+
+
+@dataclass
+class DecodeBlock:
+    """One block's weights and caches as a Decoder step reads them."""
+    attention_norm: np.ndarray
+    ffn_norm: np.ndarray
+    qkv: object                 # decode_product()s: () -> the outputs' buffers
+    wo: object
+    w13: object
+    w2: object
+    cache_k: np.ndarray         # (max_len, n_kv_heads, head_dim): the KVCache's own memory
+    cache_v: np.ndarray
+    cache: "KVCache"
+
+
+def decode_product(linears, x: np.ndarray):
+    """A callable () -> [linear(x) for linear in linears] as float32 arrays (out,), for the one token in the
+    buffer x (1, in): a kernels.DecodeProduct where the linears are version-2 QuantLinears on the numba backend
+    (one call for all of them), else torch into buffers made once (a dense weight by torch.mv)."""
+    x_t = torch.from_numpy(x)
+    lead = linears[0]
+    if isinstance(lead, QuantLinear) and lead.fusable(x_t, linears):
+        return kernels.DecodeProduct(lead.fused_layout(linears), x)
+    outs = [np.zeros(m.out_features, np.float32) for m in linears]
+    outs_t = [torch.from_numpy(y) for y in outs]
+
+    def product():
+        for m, y in zip(linears, outs_t):
+            if type(m) is nn.Linear:
+                torch.mv(m.weight, x_t[0], out=y)
+            else:
+                y.copy_(m(x_t)[0])
+        return outs
+    return product
 
 
 # -----------------------------------------------------------------------------
@@ -284,16 +388,22 @@ class QuantLinear(nn.Module):
         return not x.is_cuda and all(isinstance(m, QuantLinear) and m.structured and m.backend in ("auto", "numba")
                                      and m._cpu is not None for m in linears)
 
-    def fused(self, x, linears) -> list:
-        """[m(x) for m in linears] (self first) in one numba call. The first call joins their layouts
-        (kernels.fuse_columns) and leaves each linear a view of its part, so the bytes exist once."""
+    def fused_layout(self, linears) -> "kernels.ColumnsLayout":
+        """The numba layout of `linears` (self first, all fusable) as one: joined on first use
+        (kernels.fuse_columns), each linear left a view of its part, so the bytes exist once."""
+        if len(linears) == 1:
+            return self._cpu
         key = tuple(id(m) for m in linears)
         if self._fused is None or self._fused[0] != key:
             lay = kernels.fuse_columns([m._cpu for m in linears])
             for i, m in enumerate(linears):
                 m._cpu = kernels.fused_part(lay, i)
             self._fused = (key, lay)
-        return kernels.columns_matmul_parts(x, self._fused[1])
+        return self._fused[1]
+
+    def fused(self, x, linears) -> list:
+        """[m(x) for m in linears] (self first) in one numba call, on their joined layout."""
+        return kernels.columns_matmul_parts(x, self.fused_layout(linears))
 
     def extra_repr(self):
         s = self.spec

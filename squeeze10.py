@@ -440,7 +440,7 @@ def descend_codes(W, W_hat, codes, salient, P: Params, H, maxq: int, group_size:
         compiled = W.device.type == "cpu"
     if compiled:
         c = torch.ones(1, 1).expand(out, n) if colscale is None else colscale
-        kernels.descend_rows(grad.numpy(), H.contiguous().numpy(), code.numpy(), salient.numpy(),
+        kernels.descend_rows(grad.numpy(), H.numpy(), code.numpy(), salient.numpy(),
                              *(p.contiguous().numpy() for p in (P.scale, P.mu, P.alpha)), c.numpy(),
                              float(maxq), group_size)
     else:

@@ -169,7 +169,7 @@ def test_the_fp16_decode_head_is_an_explicit_switch(tiny_args, tiny_state):
     with torch.inference_mode():
         full = m(tokens)
         for fp16 in (True, False):
-            m.setup_cache(1, len(TOKENS), fp16_head=fp16)
+            m.setup_cache(1, len(TOKENS), fp16_head=fp16, decode_path=False)   # forward(), whose norm we hook
             assert (m.decode_head is not None) == fp16
             normed.clear()
             steps = [m(tokens[:, :5])] + [m(tokens[:, i:i + 1], start=i) for i in range(5, len(TOKENS))]
@@ -182,6 +182,32 @@ def test_the_fp16_decode_head_is_an_explicit_switch(tiny_args, tiny_state):
             if not fp16:
                 assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
         assert torch.equal(m(tokens), full)              # without a cache the switch changes nothing
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_the_decode_path_gives_forwards_logits(tiny_args, tiny_state, fp16):
+    """model.Decoder (numba glue, buffers made once) against its plain twin, forward() with the same cache."""
+    m = build(tiny_state, tiny_args)
+    tokens = torch.tensor([TOKENS])
+    steps = {}
+    with torch.inference_mode():
+        for decode_path in (True, False):
+            m.setup_cache(1, len(TOKENS), fp16_head=fp16, decode_path=decode_path)
+            assert (m.decoder is not None) == decode_path
+            steps[decode_path] = [m(tokens[:, :5])] + [m(tokens[:, i:i + 1], start=i) for i in range(5, len(TOKENS))]
+            caches = [(layer.attention.cache.k.clone(), layer.attention.cache.v.clone()) for layer in m.layers]
+            steps[decode_path].append(caches)
+            m.setup_cache(None, 0)
+            assert m.decoder is None
+        full = m(tokens)
+    tol = 2e-3 if fp16 else 1e-5                       # float16 logits: a last-bit difference of the head's input
+    for a, b in zip(steps[True][:-1], steps[False][:-1]):
+        assert a.shape == b.shape == (1, a.shape[1], tiny_args.vocab_size)
+        assert torch.allclose(a, b, rtol=tol, atol=tol)
+    if not fp16:
+        assert torch.allclose(torch.cat(steps[True][:-1], 1), full, atol=1e-5)
+    for (k1, v1), (k2, v2) in zip(steps[True][-1], steps[False][-1]):   # the caches the steps wrote
+        assert torch.allclose(k1, k2, atol=1e-5) and torch.allclose(v1, v2, atol=1e-5)
 
 
 # -----------------------------------------------------------------------------

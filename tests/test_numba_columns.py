@@ -177,6 +177,25 @@ def test_greedy_decoding_of_a_version_2_file_is_the_same_on_every_backend(packed
     assert ids["numba"] == ids["reference"]
 
 
+def test_the_decode_path_of_a_version_2_file_gives_the_reference_paths_logits(packed_v2):
+    """model.Decoder with the table kernel bound once per linear group (kernels.DecodeProduct) against forward()
+    on the reference backend (dequantize, then torch.matmul), step by step."""
+    m = llama.load_checkpoint(packed_v2 / "q.safetensors")
+    prompt, follow = [5, 17, 99, 3], [8, 41, 2, 77, 13, 0, 64]
+    logits = {}
+    for backend, decode_path in (("numba", True), ("reference", False)):
+        llama.set_backend(m, backend)
+        with torch.inference_mode():
+            m.setup_cache(1, len(prompt) + len(follow), decode_path=decode_path)
+            if decode_path:
+                assert all(isinstance(p, kernels.DecodeProduct) for p in (m.decoder.blocks[0].qkv, m.decoder.blocks[0].w2))
+            steps = [m(torch.tensor([prompt]))[0, -1]]
+            steps += [m(torch.tensor([[t]]), start=len(prompt) + i)[0, -1] for i, t in enumerate(follow)]
+            m.setup_cache(None, 0)
+        logits[backend] = torch.stack(steps)
+    assert torch.allclose(logits["numba"], logits["reference"], rtol=1e-4, atol=1e-4)
+
+
 def test_a_packed_model_runs_wq_wk_wv_as_one_call_with_the_same_bits(packed_v2):
     m = llama.load_checkpoint(packed_v2 / "q.safetensors")
     att = m.layers[0].attention

@@ -240,83 +240,85 @@ def bench(as_json: bool, backend: str, reps: int, shapes=BENCH_SHAPES, batches=B
     return rows
 
 
-def separate_calls(x, *linears) -> list:
-    """model.shared_input without the fused call: one kernel call per linear (the decode rows' "before")."""
-    return [linear(x) for linear in linears]
-
-
 def decode_bench(files: dict, rounds: int = 3, tokens: int = 64) -> dict:
     """Greedy decoding of the embedded model for each checkpoint of `files` (name -> path; None: full
     precision), all loaded in this process and timed in turn, `rounds` times: the median tokens/s over
     `tokens` decode steps (EOS does not stop them: every model does the same work), where a step's time goes
     (ms: the block linears' calls and how many there are, the output head, everything else), and whether each
-    packed file picks the same first 8 tokens through the reference path. Version 2 twice: as it runs
-    ("v2": wq|wk|wv and w1|w3 in one call each) and with one call per linear ("v2-separate", the step before
-    the fused calls)."""
+    packed file picks the same first 8 tokens through the reference path. Each model twice: through the
+    decode path (model.Decoder, as eval.py's generation runs) and through forward() ("-forward": its plain
+    twin, the step before the Decoder)."""
     @torch.inference_mode()
-    def greedy(m, shared, spent=None, steps=tokens):
-        plain, model.shared_input = model.shared_input, shared
-        try:
-            m.setup_cache(1, 4 + steps, fp16_head=True)     # as eval.py's generation decodes
-            logits = m(torch.tensor([[504, 3575, 282, 4649, 314]]))[0, -1]     # "The capital of France is"
-            if spent is not None:
-                spent[:] = [0.0, 0]                          # (the prefill does not count)
-            ids, t0 = [], time.perf_counter()
-            for pos in range(5, 4 + steps):
-                ids.append(int(logits.argmax()))
-                logits = m(torch.tensor([[ids[-1]]]), start=pos)[0, -1]
-            dt = time.perf_counter() - t0
-            m.setup_cache(None, 0)
-        finally:
-            model.shared_input = plain
+    def greedy(m, decode_path, spent=None, steps=tokens):
+        m.setup_cache(1, 4 + steps, fp16_head=True, decode_path=decode_path)    # as eval.py's generation decodes
+        logits = m(torch.tensor([[504, 3575, 282, 4649, 314]]))[0, -1]     # "The capital of France is"
+        if spent is not None:
+            spent[:] = [0.0, 0]                              # (the prefill does not count)
+        ids, t0 = [], time.perf_counter()
+        for pos in range(5, 4 + steps):
+            ids.append(int(logits.argmax()))
+            logits = m(torch.tensor([[ids[-1]]]), start=pos)[0, -1]
+        dt = time.perf_counter() - t0
+        m.setup_cache(None, 0)
         return ids, (steps - 1) / dt
     models = {name: model.load_checkpoint(path) for name, path in files.items()}
-    runs = {name: (m, model.shared_input) for name, m in models.items()}
-    if "v2" in models:
-        runs["v2-separate"] = (models["v2"], separate_calls)
+    runs = {}
+    for name, m in models.items():
+        runs[name] = (m, True)
+        runs[f"{name}-forward"] = (m, False)
     speeds = {name: [] for name in runs}
     ids = {}
     for _ in range(rounds):
-        for name, (m, shared) in runs.items():
-            ids[name], speed = greedy(m, shared)
+        for name, (m, path) in runs.items():
+            ids[name], speed = greedy(m, path)
             speeds[name].append(speed)
     result = {f"{name}_tok_s": round(sorted(v)[len(v) // 2], 2) for name, v in speeds.items()}
-    for name, (m, shared) in runs.items():
-        step, calls, head_ms = linears_time(m, lambda spent: greedy(m, shared, spent)[1], tokens - 1)
+    for name, (m, path) in runs.items():
+        step, calls, head_ms = linears_time(m, path, lambda spent: greedy(m, path, spent)[1], tokens - 1)
         step_ms = 1e3 / step
         result[f"{name}_ms_per_step"] = {"total": round(step_ms, 2), "linears": round(calls[0], 2),
                                          "linear_calls": calls[1], "head": round(head_ms, 2),
                                          "rest": round(step_ms - calls[0] - head_ms, 2)}
+        if name.endswith("-forward"):                        # the decode path picks forward()'s tokens
+            result[f"{name[:-len('-forward')]}_same_tokens_as_forward"] = ids[name] == ids[name[:-len("-forward")]]
     for name, path in files.items():
         if path is not None:                                 # the reference path unpacks every weight at every
             model.set_backend(models[name], "reference")     # step (~4 s here): the first 8 tokens
-            result[f"{name}_same_tokens_as_reference"] = greedy(models[name], model.shared_input,
-                                                                steps=9)[0] == ids[name][:8]
+            result[f"{name}_same_tokens_as_reference"] = greedy(models[name], False, steps=9)[0] == ids[name][:8]
     return result
 
 
-def linears_time(m, decode, steps: int):
-    """Run decode(spent) (-> tokens/s) once with the block linears' calls timed: forward hooks on every linear
-    module, and the fused calls (QuantLinear.fused) wrapped. Returns the tokens/s, [ms, calls] per step in the
-    linears, and the output head's ms as a decode step runs it, timed alone."""
+def linears_time(m, decode_path: bool, decode, steps: int):
+    """Run decode(spent) (-> tokens/s) once with the block linears' calls timed: the Decoder's products
+    (model.decode_product) on the decode path; else forward hooks on every linear module and the fused calls
+    (QuantLinear.fused). Returns the tokens/s, [ms, calls] per step in the linears, and the output head's ms as
+    a decode step runs it, timed alone."""
     spent = [0.0, 0]                                         # seconds in the block linears' calls, their number
 
-    def timed_fused(self, x, linears):
-        t0 = time.perf_counter()
-        y = fused(self, x, linears)
-        spent[:] = [spent[0] + time.perf_counter() - t0, spent[1] + 1]
-        return y
+    def timed(fn):
+        def call(*args):
+            t0 = time.perf_counter()
+            y = fn(*args)
+            spent[:] = [spent[0] + time.perf_counter() - t0, spent[1] + 1]
+            return y
+        return call
+
+    def timed_product(linears, x):
+        return timed(decode_product(linears, x))
     hooks = []
     for mod_name, mod in m.named_modules():
+        if decode_path:
+            break
         if mod_name.startswith("layers.") and isinstance(mod, (torch.nn.Linear, model.QuantLinear)):
             hooks.append(mod.register_forward_pre_hook(lambda mod, x: setattr(mod, "_t0", time.perf_counter())))
             hooks.append(mod.register_forward_hook(lambda mod, x, y: spent.__setitem__(
                 slice(None), [spent[0] + time.perf_counter() - mod._t0, spent[1] + 1])))
-    fused, model.QuantLinear.fused = model.QuantLinear.fused, timed_fused
+    fused, model.QuantLinear.fused = model.QuantLinear.fused, timed(model.QuantLinear.fused)
+    decode_product, model.decode_product = model.decode_product, timed_product
     try:
         speed = decode(spent)
     finally:
-        model.QuantLinear.fused = fused
+        model.QuantLinear.fused, model.decode_product = fused, decode_product
         for h in hooks:
             h.remove()
     m.setup_cache(1, 1, fp16_head=True)                       # the head as a decode step runs it, timed alone
