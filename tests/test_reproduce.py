@@ -104,13 +104,42 @@ def test_the_cache_key_changes_with_what_a_row_depends_on_and_not_otherwise(tmp_
 def test_a_gguf_rows_key_is_its_files_bytes(tmp_path):
     (tmp_path / f"{rp.LLAMACPP_STEM}.Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(100))
     (tmp_path / "other.gguf").write_bytes(b"GGUF")
-    rows = rp.llamacpp_rows(tmp_path)
+    rows = rp.llamacpp_rows(tmp_path, tmp_path / "results")
     assert [r.name for r in rows] == ["llamacpp-Q4_K_M"] and rows[0].table == "llamacpp"
     h, env = rp.source_hashes(), rp.environment()
     key = rp.row_key(rows[0], P, h, env)
     assert rp.row_key(rows[0], P, h, env) == key
     (tmp_path / f"{rp.LLAMACPP_STEM}.Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(99) + b"\1")
     assert rp.row_key(rows[0], P, h, env) != key
+
+
+def test_a_gguf_rows_record_is_kept_where_its_file_is_not_here_and_made_again_once_it_is(tmp_path):
+    """llama.cpp's files are made by hand, so a fresh clone has their records and not the files."""
+    results, folder = tmp_path / "results", tmp_path / "llamacpp"
+    results.mkdir()
+    kept = rp.Record(name="llamacpp-IQ2_XXS", key="made where the file was", command="by hand", ckpt="x",
+                     bits={"total": 3.891, "types": {"IQ2_XXS": 30}}, linear_weights=96, file_bytes=64,
+                     ppl_wiki=123.25, ppl_heldout=98.5, zeroshot=None, rel_error_mean=None, bits_by_linear=None,
+                     rel_error_by_block=None, salient_picture=None, protocol=asdict(P),
+                     seconds={"quantize": 0.0, "wiki": 1.0, "heldout": 1.0, "total": 2.0})
+    (results / "llamacpp-IQ2_XXS.json").write_text(json.dumps(asdict(kept)))
+    (row,) = rp.llamacpp_rows(folder, results)
+    assert row.name == "llamacpp-IQ2_XXS" and rp.absent(row)
+    assert rp.row_key(row, P, rp.source_hashes(), rp.environment()) is None
+
+    def make(row, key, *_):
+        made.append(row.name)
+        return replace(kept, key=key, ppl_wiki=321.5)
+    made = []
+    assert run(tmp_path, ["llamacpp"], make) == 0 and made == []        # nothing to make: kept as it is
+    (cells,) = [c for c in table_cells((results / "RESULTS.md").read_text(), row.name) if len(c) == 8]
+    assert "its file is not here" in cells[2] and cells[3:5] == [f"{3.891:.3f}", "123.25"]
+
+    folder.mkdir()
+    (folder / f"{rp.LLAMACPP_STEM}.IQ2_XXS.gguf").write_bytes(b"GGUF" + bytes(60))   # the file is back: its key
+    assert run(tmp_path, ["llamacpp"], make) == 0 and made == ["llamacpp-IQ2_XXS"]
+    (cells,) = [c for c in table_cells((results / "RESULTS.md").read_text(), row.name) if len(c) == 8]
+    assert "its file is not here" not in cells[2] and cells[4] == "321.50"
 
 
 def test_a_failed_row_does_not_stop_the_others_and_is_reported(tmp_path, capsys):
@@ -367,7 +396,7 @@ def test_a_rows_record_takes_its_bits_from_the_file(tmp_path, monkeypatch):
     gguf.write_bytes(b"GGUF" + bytes(60))
     counted = {"total": 3.3125, "bytes": 40, "linear_weights": 96, "types": {"Q2_K": 5, "Q4_K": 2}}
     monkeypatch.setattr(rp.model, "gguf_linear_bits", lambda path: counted)
-    (row,) = rp.llamacpp_rows(tmp_path)
+    (row,) = rp.llamacpp_rows(tmp_path, tmp_path / "results")
     rec = rp.make_row(row, "k", None, P, StubScorer(), tmp_path)
     assert rec.bits == {"total": 3.3125, "types": {"Q2_K": 5, "Q4_K": 2}} and rec.linear_weights == 96
     assert rec.file_bytes == 64 and rec.zeroshot is None

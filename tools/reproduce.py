@@ -147,13 +147,19 @@ TABLES = {
 }
 
 
-def llamacpp_rows(folder: Path = LLAMACPP) -> list[Row]:
-    """One row per out/llamacpp/SmolLM2-135M-Instruct.<TYPE>.gguf that exists."""
-    rows = []
-    for f in sorted(folder.glob(f"{LLAMACPP_STEM}.*.gguf")):
-        kind = f.name[len(LLAMACPP_STEM) + 1:-len(".gguf")]
-        rows.append(Row(f"llamacpp-{kind}", None, "llamacpp", f"llama.cpp's {kind}", gguf=str(f)))
-    return rows
+def llamacpp_rows(folder: Path = LLAMACPP, results: Path = RESULTS) -> list[Row]:
+    """One row per out/llamacpp/SmolLM2-135M-Instruct.<TYPE>.gguf that exists, and one per results/llamacpp-TYPE.json
+    whose file is not here (a fresh clone: llama.cpp's files are made by hand); such a row keeps its record as
+    the machine that had the file made it (absent())."""
+    kinds = {f.name[len(LLAMACPP_STEM) + 1:-len(".gguf")] for f in folder.glob(f"{LLAMACPP_STEM}.*.gguf")}
+    kinds |= {f.stem[len("llamacpp-"):] for f in results.glob("llamacpp-*.json")}
+    return [Row(f"llamacpp-{kind}", None, "llamacpp", f"llama.cpp's {kind}",
+                gguf=str(folder / f"{LLAMACPP_STEM}.{kind}.gguf")) for kind in sorted(kinds)]
+
+
+def absent(row: Row) -> bool:
+    """A llama.cpp row whose file is not here: its record cannot be checked or made again, and is kept."""
+    return row.gguf is not None and not Path(row.gguf).exists()
 
 
 def select_rows(names: list[str], rows: list[Row]) -> list[Row]:
@@ -226,13 +232,15 @@ def source_hashes(root: Path = ROOT) -> dict:
 
 
 def machine() -> str:
-    """'Intel Xeon ... @ 2.80GHz, 2 cores, avx2+avx512' (and the GPU when scoring on one): timings, and results
+    """'Intel Xeon ... @ 2.80GHz (family 6, model 106), 2 cores, avx2+avx512' (and the GPU when scoring on one): timings, and results
     within a few percent, differ between machines."""
     name = "unknown CPU"
     try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                    if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        name = f"{info['model name']} (family {info['cpu family']}, model {info['model']})"   # a VM may hide the name
+    except (OSError, KeyError):
         pass
     isas = "+".join(isa for isa in kernels.cpu_isas() if isa != "plain") or "no AVX2"
     gpu = f"; {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
@@ -261,9 +269,11 @@ def quant_key(row: Row, protocol: Protocol, hashes: dict, env: dict) -> str:
                    "sources": {k: hashes[k] for k in QUANT_SOURCES}})
 
 
-def row_key(row: Row, protocol: Protocol, hashes: dict, env: dict) -> str:
+def row_key(row: Row, protocol: Protocol, hashes: dict, env: dict) -> str | None:
     """What results/NAME.json depends on: its checkpoint (quant_key, or a GGUF's sha256), the scoring sources
-    and the protocol (the zero-shot part only for the rows that have it)."""
+    and the protocol (the zero-shot part only for the rows that have it). None for an absent() file: any record."""
+    if absent(row):
+        return None
     p = asdict(protocol)
     if not row.zeroshot:
         del p["zeroshot_limit"]
@@ -478,17 +488,18 @@ def reproduce(names: list[str], protocol: Protocol, results: Path = RESULTS, out
     results/RESULTS.md and the figures from every up-to-date results/NAME.json. A row that fails is reported
     at the end (exit code 1), after the others ran; an interrupt (cli.Interrupted) stops the run, and the rows
     made so far keep their results/NAME.json."""
-    gguf_rows = llamacpp_rows(llamacpp)
+    gguf_rows = llamacpp_rows(llamacpp, results)
     rows = ROWS + gguf_rows
     chosen = select_rows(names, rows)
     hashes, env = source_hashes(), environment()
     keys = {r.name: row_key(r, protocol, hashes, env) for r in rows}
-    todo = [r for r in chosen if read_record(results / f"{r.name}.json", keys[r.name]) is None]
+    todo = [r for r in chosen if not absent(r) and read_record(results / f"{r.name}.json", keys[r.name]) is None]
     print(f"reproduce: {len(chosen)} rows, {len(chosen) - len(todo)} up to date, {len(todo)} to make",
           file=sys.stderr)
-    if not gguf_rows:
+    if all(absent(r) for r in gguf_rows):
         print(f"reproduce: no llama.cpp files ({display_path(llamacpp)}/{LLAMACPP_STEM}.TYPE.gguf): the README's "
-              "\"llama.cpp's quantization types\" says how to make them", file=sys.stderr)
+              "\"llama.cpp's quantization types\" says how to make them" +
+              (f"; {len(gguf_rows)} llama.cpp rows keep their records" if gguf_rows else ""), file=sys.stderr)
     scorer, progress, failed = Scorer(protocol), RowsProgress(todo, protocol), {}
     for i, row in enumerate(todo):
         print(progress(i), file=sys.stderr, flush=True)
@@ -697,6 +708,7 @@ def render_results(rows: list[Row], records: dict, figures: list[str], note: str
                      ((rec.ppl_wiki, fp and fp.ppl_wiki), (rec.ppl_heldout, fp and fp.ppl_heldout))]
             shows = r.shows + (" (" + ", ".join(f"{n} × {t}" for t, n in rec.bits["types"].items()) + ")"
                                if "types" in rec.bits else "")    # a GGUF's tensor types: llama.cpp falls back
+            shows += "; its file is not here: the record as made" if absent(r) else ""
             out.append(f"| {r.name} | {flags} | {shows} | {fmt_bits(rec.bits)} | {fmt_ppl(rec.ppl_wiki)} | "
                        f"{ratio[0]} | {fmt_ppl(rec.ppl_heldout)} | {ratio[1]} |")
         out.append("")
