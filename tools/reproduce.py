@@ -148,9 +148,9 @@ TABLES = {
 
 
 def llamacpp_rows(folder: Path = LLAMACPP, results: Path = RESULTS) -> list[Row]:
-    """One row per out/llamacpp/SmolLM2-135M-Instruct.<TYPE>.gguf that exists, and one per results/llamacpp-TYPE.json
-    whose file is not here (a fresh clone: llama.cpp's files are made by hand); such a row keeps its record as
-    the machine that had the file made it (absent())."""
+    """One row per out/llamacpp/SmolLM2-135M-Instruct.<TYPE>.gguf that exists, and one per
+    results/llamacpp-TYPE.json whose file is not here (a fresh clone: llama.cpp's files are made by hand); such a
+    row keeps its record as the machine that had the file made it (absent())."""
     kinds = {f.name[len(LLAMACPP_STEM) + 1:-len(".gguf")] for f in folder.glob(f"{LLAMACPP_STEM}.*.gguf")}
     kinds |= {f.stem[len("llamacpp-"):] for f in results.glob("llamacpp-*.json")}
     return [Row(f"llamacpp-{kind}", None, "llamacpp", f"llama.cpp's {kind}",
@@ -232,13 +232,12 @@ def source_hashes(root: Path = ROOT) -> dict:
 
 
 def machine() -> str:
-    """'Intel Xeon ... @ 2.80GHz (family 6, model 106), 2 cores, avx2+avx512' (and the GPU when scoring on one): timings, and results
-    within a few percent, differ between machines."""
+    """'Intel Xeon ... @ 2.80GHz (family 6, model 106), 2 cores, avx2+avx512' (and the GPU when scoring on one):
+    timings, and results within a few percent, differ between machines."""
     name = "unknown CPU"
     try:
-        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-                    if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
+        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first_cpu.splitlines() if ":" in line)}
         name = f"{info['model name']} (family {info['cpu family']}, model {info['model']})"   # a VM may hide the name
     except (OSError, KeyError):
         pass
